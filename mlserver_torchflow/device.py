@@ -1,0 +1,54 @@
+"""The only module that touches `torch.cuda`: device choice, precision and memory release."""
+
+from __future__ import annotations
+
+import gc
+
+import torch
+
+from .errors import ModelLoadError
+
+_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(setting: str) -> torch.device:
+    """`auto` picks CUDA when present; an explicit CUDA request without CUDA is a load error."""
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(setting)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelLoadError(
+                f"device {setting!r} was requested but CUDA is not available here (torch "
+                f"{torch.__version__}, built with CUDA {torch.version.cuda or 'none'}). Set device to "
+                "`auto` or `cpu`, or run on a GPU node with a CUDA build of torch (the GPU image) and "
+                "an `nvidia.com/gpu` limit."
+            )
+        count = torch.cuda.device_count()
+        index = 0 if device.index is None else device.index
+        if index >= count:
+            raise ModelLoadError(
+                f"device {setting!r} was requested but only {count} CUDA device(s) are visible "
+                f"(cuda:0 to cuda:{count - 1}). Pick one of those, or `cuda`."
+            )
+        device = torch.device("cuda", index)
+    return device
+
+
+def target_dtype(setting: str) -> torch.dtype | None:
+    """None keeps the saved precision."""
+    return _DTYPES.get(setting)
+
+
+def describe(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
+def release(device: torch.device) -> None:
+    """Give the memory of an unloaded model back: the caching allocator keeps it otherwise."""
+    gc.collect()
+    if device.type == "cuda" and torch.cuda.is_available():
+        with torch.cuda.device(device):
+            torch.cuda.empty_cache()

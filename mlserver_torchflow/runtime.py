@@ -1,0 +1,123 @@
+"""TorchFlowRuntime: a thin MLServer runtime; the work lives in the modules it calls."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from mlserver import MLModel
+from mlserver.settings import ModelSettings
+from mlserver.types import InferenceRequest, InferenceResponse, MetadataModelResponse
+from mlserver.utils import get_model_uri
+
+from . import grpc_raw
+from .codec import check_requested, decode_request, encode_outputs
+from .device import describe, release, resolve_device, target_dtype
+from .errors import ModelExecutionError, ModelLoadError, TorchFlowError
+from .examples import load_example
+from .inference import Predictor
+from .layout import locate
+from .loading import load_module
+from .metadata import build_metadata, observed_outputs
+from .settings import load_settings
+from .signature import interface_from_mlmodel
+from .versions import check_versions
+
+logger = logging.getLogger("mlserver.torchflow")
+
+
+class TorchFlowRuntime(MLModel):
+    """Serves one MLflow PyTorch model over V2 REST and gRPC."""
+
+    def __init__(self, settings: ModelSettings):
+        super().__init__(settings)
+        # Registered in every process that builds the model: the main one converts gRPC requests.
+        grpc_raw.register(settings.name)
+
+    async def load(self) -> bool:
+        started = time.monotonic()
+        extra = self.settings.parameters.extra if self.settings.parameters else None
+        self.torchflow = load_settings(extra)
+        files = locate(await get_model_uri(self.settings))
+        interface = interface_from_mlmodel(files.mlmodel)
+        self._versions = check_versions(files, self.torchflow.strict_versions)
+        device = resolve_device(self.torchflow.device)
+        dtype = target_dtype(self.torchflow.dtype)
+        # One thread per model: the forward pass never runs on the event loop.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"torchflow-{self.name}")
+        loop = asyncio.get_running_loop()
+        module, fmt = await loop.run_in_executor(self._executor, load_module, files, device, dtype)
+        self._predictor = Predictor(module, device, dtype, interface)
+
+        example = load_example(files, interface) if self.torchflow.warmup else None
+        if example is not None:
+            try:
+                outputs = await loop.run_in_executor(self._executor, self._predictor.run, example)
+            except Exception as err:
+                raise ModelLoadError(
+                    f"the model failed on its own input example in {files.model_dir} on {device}: "
+                    f"{type(err).__name__}: {err}. The model cannot serve its own example; check the "
+                    "device, dtype setting and signature, or set warmup: false to skip this check."
+                ) from err
+            if interface.outputs is None:
+                interface = dataclasses.replace(interface, outputs=observed_outputs(outputs))
+                self._predictor.interface = interface
+        self._interface = interface
+        self._device = device
+        self._facts = {
+            "format": fmt.value,
+            "device": describe(device),
+            "dtype": self.torchflow.dtype,
+            "weights": str(files.weights),
+            "warmed_up": str(example is not None).lower(),
+        }
+        logger.info(
+            "loaded model %s (%s, %s) from %s on %s in %.2fs",
+            self.name,
+            fmt.value,
+            self.torchflow.dtype,
+            files.weights,
+            describe(device),
+            time.monotonic() - started,
+        )
+        return True
+
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        interface = self._interface
+        known = [s.name for s in interface.outputs] if interface.outputs else None
+        requested = check_requested(payload, known)
+        arrays = decode_request(payload, interface)
+        loop = asyncio.get_running_loop()
+        try:
+            named = await loop.run_in_executor(self._executor, self._predictor.run, arrays)
+        except TorchFlowError:
+            raise
+        except Exception as err:
+            logger.exception("model %s raised on request %s", self.name, payload.id)
+            line = (str(err).strip().splitlines() or [""])[0][:300]
+            raise ModelExecutionError(
+                f"model {self.name!r} failed on this request: {type(err).__name__}: {line}"
+            ) from err
+        return InferenceResponse(
+            model_name=self.name,
+            model_version=self.version,
+            id=payload.id,
+            outputs=encode_outputs(named, interface, requested),
+        )
+
+    async def metadata(self) -> MetadataModelResponse:
+        interface = self._interface
+        return build_metadata(
+            self.name, self.version, interface.inputs, interface.outputs, self._facts, self._versions
+        )
+
+    async def unload(self) -> bool:
+        grpc_raw.unregister(self.name)
+        self._executor.shutdown(wait=True)
+        del self._predictor
+        release(self._device)
+        logger.info("unloaded model %s", self.name)
+        return True
