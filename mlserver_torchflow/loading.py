@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import logging
 import sys
+import threading
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,9 @@ class Format(str, enum.Enum):
     PT2 = "pt2"  # torch.export.save (MLflow 3.x default)
 
 
+# torch.export.load keeps its deserializer in a module global, and MLServer loads models
+# concurrently: two pt2 loads at once fail with "_CURRENT_DESERIALIZER is already set".
+_LOAD_LOCK = threading.Lock()
 _PICKLE_MAGIC = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 
 
@@ -56,7 +60,8 @@ def load_module(files: ModelFiles, device: torch.device, dtype: torch.dtype | No
     fmt = sniff_format(files.weights)
     loader = {Format.PICKLE: _load_pickle, Format.TORCHSCRIPT: _load_torchscript, Format.PT2: _load_pt2}[fmt]
     try:
-        module = loader(files, device)
+        with _LOAD_LOCK:
+            module = loader(files, device)
     except ModelLoadError:
         raise
     except Exception as err:

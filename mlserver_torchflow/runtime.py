@@ -115,9 +115,13 @@ class TorchFlowRuntime(MLModel):
         )
 
     async def unload(self) -> bool:
+        """Also called after a failed load, so every attribute may be missing."""
         grpc_raw.unregister(self.name)
-        self._executor.shutdown(wait=True)
-        del self._predictor
-        release(self._device)
+        executor = getattr(self, "_executor", None)
+        if executor is not None:
+            executor.shutdown(wait=True)
+        self.__dict__.pop("_predictor", None)
+        if hasattr(self, "_device"):
+            release(self._device)
         logger.info("unloaded model %s", self.name)
         return True

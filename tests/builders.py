@@ -1,0 +1,203 @@
+"""Real MLflow PyTorch models, saved by `mlflow.pytorch.save_model`, and the layouts KServe leaves them in.
+
+Model classes are pickled by value (as when they are defined in a notebook), so the server process
+needs no test module to unpickle them. Every model is built from a fixed seed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import sys
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import mlflow.pytorch
+import numpy as np
+import torch
+from mlflow.models import ModelSignature, infer_signature
+from mlflow.types import ColSpec, Schema, TensorSpec
+from torch import nn
+
+FORMATS = ("pickle", "torchscript", "pt2")
+LAYOUTS = ("canonical", "flattened", "archive_top_folder", "logged_model", "sibling_leak", "symlink_readonly")
+
+
+class MLP(nn.Module):
+    def __init__(self, n_in: int = 4, n_out: int = 3) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(n_in, 16), nn.ReLU(), nn.Linear(16, n_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class TwoInputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 3)
+        self.b = nn.Linear(2, 3)
+
+    def forward(self, features: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
+        return self.a(features) - 2 * self.b(extra)
+
+
+class DictOutputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = self.head(x)
+        return {"logits": logits, "probs": torch.softmax(logits, dim=-1), "label": logits.argmax(-1)}
+
+
+class Embed(nn.Module):
+    """INT64 token ids in, a pooled float vector out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(50, 8)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.emb(ids).mean(dim=1)
+
+
+class ConvNet(nn.Module):
+    """A 4-D NCHW image batch in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 5)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(image)).mean(dim=(2, 3)))
+
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def build(cls: type[nn.Module]) -> nn.Module:
+    torch.manual_seed(0)
+    return cls().eval()
+
+
+def example_for(cls: type[nn.Module], rows: int = 2) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(1)
+    if cls is TwoInputs:
+        return rng.random((rows, 4), dtype=np.float32), rng.random((rows, 2), dtype=np.float32)
+    if cls is Embed:
+        return (rng.integers(0, 50, (rows, 5), dtype=np.int64),)
+    if cls is ConvNet:
+        return (rng.random((rows, 3, 8, 8), dtype=np.float32),)
+    return (rng.random((rows, 4), dtype=np.float32),)
+
+
+def reference(model: nn.Module, *arrays: np.ndarray) -> Any:
+    """The in-process forward the served answers must equal."""
+    with torch.inference_mode():
+        out = model(*(torch.from_numpy(a) for a in arrays))
+    if isinstance(out, dict):
+        return {k: v.numpy() for k, v in out.items()}
+    return out.numpy()
+
+
+def tensor_signature(inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> ModelSignature:
+    def schema(arrays: dict[str, np.ndarray]) -> Schema:
+        return Schema([TensorSpec(a.dtype, (-1, *a.shape[1:]), name) for name, a in arrays.items()])
+
+    return ModelSignature(inputs=schema(inputs), outputs=schema(outputs))
+
+
+def column_signature(columns: list[str]) -> ModelSignature:
+    return ModelSignature(
+        inputs=Schema([ColSpec("double", c) for c in columns]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3))]),
+    )
+
+
+def save(
+    model: nn.Module,
+    path: Path,
+    fmt: str,
+    example: tuple[np.ndarray, ...] | None = None,
+    signature: ModelSignature | None = None,
+    **kwargs: Any,
+) -> Path:
+    """`mlflow.pytorch.save_model` in the given format; the signature is inferred when not given."""
+    if fmt == "torchscript":
+        model = torch.jit.script(model)
+    if signature is None and example is not None and len(example) == 1:
+        signature = infer_signature(example[0], reference(model, *example))
+    input_example: Any = None
+    if example is not None:
+        input_example = example[0] if len(example) == 1 else example
+    mlflow.pytorch.save_model(
+        model,
+        str(path),
+        serialization_format="pt2" if fmt == "pt2" else "pickle",
+        signature=signature,
+        input_example=input_example,
+        **kwargs,
+    )
+    return path
+
+
+def make_layout(model_dir: Path, layout: str, dest: Path, other_model: Path | None = None) -> Path:
+    """Copy a canonical MLflow model folder into `dest` the way KServe's initializer leaves it.
+
+    Returns the URI to serve (what KServe calls /mnt/models).
+    """
+    if layout == "canonical":
+        shutil.copytree(model_dir, dest)
+    elif layout == "flattened":
+        # kserve 0.12-0.15 (PR 3205): files named after the URI's last segment ("model") go to the root.
+        shutil.copytree(model_dir, dest)
+        for weights in (dest / "data").glob("model.*"):
+            weights.rename(dest / weights.name)
+    elif layout == "archive_top_folder":
+        archive = dest.parent / f"{dest.name}.tar.gz"
+        with tarfile.open(archive, "w:gz") as tar:
+            tar.add(model_dir, arcname="mymodel")
+        dest.mkdir()
+        with tarfile.open(archive) as tar:
+            tar.extractall(dest, filter="data")
+        archive.unlink()
+    elif layout == "logged_model":
+        shutil.copytree(model_dir, dest / "artifacts")
+    elif layout == "sibling_leak":
+        # prefix `models/churn` also pulled `models/churn-old/*` in as `-old/*`.
+        shutil.copytree(model_dir, dest)
+        shutil.copytree(other_model or model_dir, dest / "-old")
+        for f in (dest / "-old").rglob("model.p*"):
+            f.write_bytes(b"not the model being served")
+    elif layout == "symlink_readonly":
+        real = dest.parent / f"{dest.name}-real"
+        shutil.copytree(model_dir, real)
+        make_read_only(real)
+        dest.symlink_to(real, target_is_directory=True)
+    else:
+        raise ValueError(layout)
+    return dest
+
+
+def make_read_only(top: Path) -> None:
+    for root, dirs, files in os.walk(top):
+        for name in files:
+            os.chmod(Path(root) / name, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+        for name in dirs:
+            os.chmod(Path(root) / name, stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP)
+    os.chmod(top, stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP)
+
+
+def snapshot(top: Path) -> dict[str, tuple[int, int]]:
+    """Every file under `top` with its size and mtime: equal before and after load means nothing was written."""
+    top = top.resolve()
+    return {
+        str(p.relative_to(top)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(top.rglob("*"))
+    }
