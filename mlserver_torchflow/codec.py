@@ -97,7 +97,9 @@ def _check_shape(name: str, shape: Any, spec: TensorSpec | None) -> tuple[int, .
         raise InvalidInput(f"input {name!r}: shape {list(shape)} has a negative dimension; use sizes >= 0.")
     if spec is None or spec.shape is None:
         return tuple(shape)
-    if len(shape) != len(spec.shape) or any(e not in (-1, g) for e, g in zip(spec.shape, shape, strict=False)):
+    if len(shape) != len(spec.shape) or any(
+        e not in (-1, g) for e, g in zip(spec.shape, shape, strict=False)
+    ):
         raise InvalidInput(
             f"input {name!r}: expected shape {list(spec.shape)} (-1 = any size), got {list(shape)}."
         )

@@ -6,12 +6,14 @@ import asyncio
 import dataclasses
 import logging
 import time
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
 from mlserver import MLModel
+from mlserver.errors import InvalidModelURI
 from mlserver.settings import ModelSettings
 from mlserver.types import InferenceRequest, InferenceResponse, MetadataModelResponse
-from mlserver.utils import get_model_uri
+from mlserver.utils import to_absolute_path
 
 from . import grpc_raw
 from .codec import check_requested, decode_request, encode_outputs
@@ -41,7 +43,7 @@ class TorchFlowRuntime(MLModel):
         started = time.monotonic()
         extra = self.settings.parameters.extra if self.settings.parameters else None
         self.torchflow = load_settings(extra)
-        files = locate(await get_model_uri(self.settings))
+        files = locate(self._model_path())
         interface = interface_from_mlmodel(files.mlmodel)
         self._versions = check_versions(files, self.torchflow.strict_versions)
         device = resolve_device(self.torchflow.device)
@@ -84,6 +86,19 @@ class TorchFlowRuntime(MLModel):
             time.monotonic() - started,
         )
         return True
+
+    def _model_path(self) -> str:
+        """`parameters.uri` resolved as MLServer does; `locate` explains what is missing."""
+        uri = self.settings.parameters.uri if self.settings.parameters else None
+        if not uri:
+            raise InvalidModelURI(self.name)
+        parsed = urllib.parse.urlparse(uri, scheme="file")
+        if parsed.scheme != "file":
+            raise ModelLoadError(
+                f"parameters.uri {uri!r} is not a local path: TorchFlowRuntime reads models from disk "
+                "(in KServe the storage-initializer downloads them to /mnt/models)."
+            )
+        return to_absolute_path(self.settings, parsed.path)
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
         interface = self._interface
