@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Create (or reuse) the virtualenv with the runtime and its test tools. Sourced by serve_example.sh and test.sh.
+# torch goes in FIRST and pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
+# TORCH_SPEC overrides it, e.g. TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu".
+set -euo pipefail
+VENV="${VENV:-.venv}"
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+# shellcheck disable=SC1091
+. "$VENV/bin/activate"
+# shellcheck disable=SC2086
+python -m pip install -q --disable-pip-version-check ${TORCH_SPEC:-torch==2.13.0}
+python -m pip install -q --disable-pip-version-check -e ".${EXTRAS:-}"
