@@ -197,7 +197,4 @@ def make_read_only(top: Path) -> None:
 def snapshot(top: Path) -> dict[str, tuple[int, int]]:
     """Every file under `top` with its size and mtime: equal before and after load means nothing was written."""
     top = top.resolve()
-    return {
-        str(p.relative_to(top)): (p.stat().st_size, p.stat().st_mtime_ns)
-        for p in sorted(top.rglob("*"))
-    }
+    return {str(p.relative_to(top)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(top.rglob("*"))}

@@ -35,7 +35,10 @@ def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def mlp(models_root: Path) -> dict[str, Saved]:
     """The MLP in every format, signature inferred from the example as users do."""
     model, example = b.build(b.MLP), b.example_for(b.MLP)
-    return {fmt: Saved(b.save(model, models_root / f"mlp-{fmt}", fmt, example), model, example) for fmt in b.FORMATS}
+    return {
+        fmt: Saved(b.save(model, models_root / f"mlp-{fmt}", fmt, example), model, example)
+        for fmt in b.FORMATS
+    }
 
 
 @pytest.fixture(scope="session")
@@ -81,7 +84,10 @@ def columns(models_root: Path) -> Saved:
     import mlflow.pytorch
 
     mlflow.pytorch.save_model(
-        model, str(path), serialization_format="pickle", signature=b.column_signature(["a", "b", "c", "d"]),
+        model,
+        str(path),
+        serialization_format="pickle",
+        signature=b.column_signature(["a", "b", "c", "d"]),
         input_example=frame,
     )
     return Saved(path, model, example)

@@ -64,7 +64,10 @@ class Server:
     def start(self) -> Server:
         log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [MLSERVER, "start", str(self.dir)], stdout=log, stderr=subprocess.STDOUT, env=self.env,
+            [MLSERVER, "start", str(self.dir)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
             start_new_session=True,
         )
         return self
@@ -102,8 +105,12 @@ class Server:
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
         return self._request("POST", path, raw, {"Content-Type": "application/json", **(headers or {})})
 
-    def _request(self, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> tuple[int, Any]:
-        request = urllib.request.Request(f"http://{self.http}{path}", data=body, method=method, headers=headers)
+    def _request(
+        self, method: str, path: str, body: bytes | None, headers: dict[str, str]
+    ) -> tuple[int, Any]:
+        request = urllib.request.Request(
+            f"http://{self.http}{path}", data=body, method=method, headers=headers
+        )
         try:
             with urllib.request.urlopen(request, timeout=60) as response:
                 status, text = response.status, response.read()

@@ -39,7 +39,9 @@ def served(
     for fmt in b.FORMATS:
         for layout in b.LAYOUTS:
             name = f"mlp-{layout}-{fmt}".replace("_", "-")
-            uris[name] = b.make_layout(mlp[fmt].path, layout, stores / name, other_model=two_inputs["pickle"].path)
+            uris[name] = b.make_layout(
+                mlp[fmt].path, layout, stores / name, other_model=two_inputs["pickle"].path
+            )
     for fmt, saved in two_inputs.items():
         uris[f"two-{fmt}"] = saved.path
     for fmt, saved in dict_outputs.items():
@@ -73,7 +75,9 @@ def grpc(server: Server) -> grpcclient.InferenceServerClient:
     return grpcclient.InferenceServerClient(server.grpc)
 
 
-def infer(client: object, model: str, inputs: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict:
+def infer(
+    client: object, model: str, inputs: dict[str, np.ndarray], outputs: list[str] | None = None
+) -> dict:
     """Send named arrays with tritonclient (HTTP as JSON, gRPC as raw bytes); return named arrays."""
     module = httpclient if isinstance(client, httpclient.InferenceServerClient) else grpcclient
     tensors = []
@@ -87,17 +91,25 @@ def infer(client: object, model: str, inputs: dict[str, np.ndarray], outputs: li
     requested = None
     if outputs is not None:
         requested = [
-            httpclient.InferRequestedOutput(o, binary_data=False) if module is httpclient else grpcclient.InferRequestedOutput(o)
+            httpclient.InferRequestedOutput(o, binary_data=False)
+            if module is httpclient
+            else grpcclient.InferRequestedOutput(o)
             for o in outputs
         ]
     result = client.infer(model, tensors, outputs=requested)  # type: ignore[attr-defined]
     response = result.get_response()
-    names = [o["name"] for o in response["outputs"]] if isinstance(response, dict) else [o.name for o in response.outputs]
+    names = (
+        [o["name"] for o in response["outputs"]]
+        if isinstance(response, dict)
+        else [o.name for o in response.outputs]
+    )
     return {n: result.as_numpy(n) for n in names}
 
 
 def _v2(dtype: np.dtype) -> str:
-    return {"float32": "FP32", "float64": "FP64", "int64": "INT64", "int32": "INT32", "float16": "FP16"}[str(dtype)]
+    return {"float32": "FP32", "float64": "FP64", "int64": "INT64", "int32": "INT32", "float16": "FP16"}[
+        str(dtype)
+    ]
 
 
 CLIENTS = ["http", "grpc"]
@@ -125,8 +137,12 @@ def test_metadata_names_equal_response_names(request: pytest.FixtureRequest, tra
         "two-pt2": {"features": np.ones((1, 4), np.float32), "extra": np.ones((1, 2), np.float32)},
     }.items():
         meta = client.get_model_metadata(model)
-        meta_inputs = [i["name"] for i in meta["inputs"]] if transport == "http" else [i.name for i in meta.inputs]
-        meta_outputs = [o["name"] for o in meta["outputs"]] if transport == "http" else [o.name for o in meta.outputs]
+        meta_inputs = (
+            [i["name"] for i in meta["inputs"]] if transport == "http" else [i.name for i in meta.inputs]
+        )
+        meta_outputs = (
+            [o["name"] for o in meta["outputs"]] if transport == "http" else [o.name for o in meta.outputs]
+        )
         assert meta_inputs == list(inputs)
         assert list(infer(client, model, inputs)) == meta_outputs
 
@@ -140,7 +156,10 @@ def test_metadata_reports_format_device_and_versions(server: Server) -> None:
     assert params["torchflow.format"] == "pt2"
     assert params["torchflow.device"] == "cpu"
     assert params["torchflow.version.torch"].endswith("(ok)")
-    assert server.get("/v2/models/mlp-canonical-torchscript")[1]["parameters"]["torchflow.format"] == "torchscript"
+    assert (
+        server.get("/v2/models/mlp-canonical-torchscript")[1]["parameters"]["torchflow.format"]
+        == "torchscript"
+    )
     assert server.get("/v2/models/mlp-canonical-pickle")[1]["parameters"]["torchflow.format"] == "pickle"
 
 
@@ -203,7 +222,8 @@ def test_column_signature_stacks_columns(server: Server, columns: Saved) -> None
     x = np.random.default_rng(8).random((3, 4))
     body = {
         "inputs": [
-            {"name": c, "datatype": "FP64", "shape": [3], "data": x[:, i].tolist()} for i, c in enumerate("dbca")
+            {"name": c, "datatype": "FP64", "shape": [3], "data": x[:, i].tolist()}
+            for i, c in enumerate("dbca")
         ]
     }
     # sent as d, b, c, a: stacked by name in signature order (a, b, c, d), not in request order
@@ -270,8 +290,12 @@ def test_invalid_input_is_a_clear_400(server: Server, case: str) -> None:
 
 
 def test_int_range_and_float_into_int_are_refused(server: Server) -> None:
-    overflow = {"inputs": [{"name": "input-0", "datatype": "INT64", "shape": [1, 5], "data": [1, 2, 3, 4, 2**70]}]}
-    fractional = {"inputs": [{"name": "input-0", "datatype": "INT64", "shape": [1, 5], "data": [1, 2, 3, 4, 2.5]}]}
+    overflow = {
+        "inputs": [{"name": "input-0", "datatype": "INT64", "shape": [1, 5], "data": [1, 2, 3, 4, 2**70]}]
+    }
+    fractional = {
+        "inputs": [{"name": "input-0", "datatype": "INT64", "shape": [1, 5], "data": [1, 2, 3, 4, 2.5]}]
+    }
     for body in (overflow, fractional):
         status, reply = server.post("/v2/models/embed/infer", body)
         assert status == 400 and "input-0" in reply["error"], reply
