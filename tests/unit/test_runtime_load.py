@@ -205,3 +205,13 @@ def test_unload_after_a_failed_load(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError):
         asyncio.run(model.load())
     assert asyncio.run(model.unload()) is True
+
+
+@pytest.mark.parametrize("fmt", b.FORMATS)
+def test_bare_weights_file_serves_without_a_signature(tmp_path: Path, mlp: dict[str, Saved], fmt: str) -> None:
+    """KServe's `pytorch` format: one weights file, no MLmodel, any name."""
+    weights = next((mlp[fmt].path / "data").glob("model.*"))
+    shutil.copy(weights, tmp_path / f"classifier{weights.suffix}")
+    model = load(tmp_path)
+    x = np.random.default_rng(2).random((3, 4), dtype=np.float32)
+    np.testing.assert_allclose(predict(model, x), mlp[fmt].expected(x), rtol=1e-5, atol=1e-6)
