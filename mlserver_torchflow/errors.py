@@ -30,3 +30,21 @@ class ModelNotFoundOnDisk(ModelLoadError):
 
 class ModelExecutionError(TorchFlowError):
     """The model itself raised on a valid request: one line for the client, the traceback in the log."""
+
+
+class QueueFull(TorchFlowError):
+    """Back-pressure: the batch queue holds `max_queue_rows` already (503, `UNAVAILABLE`)."""
+
+    status_code_default = 503
+
+
+class QueueTimeout(TorchFlowError):
+    """The request waited past `queue_timeout` and was not run (503, `UNAVAILABLE`)."""
+
+    status_code_default = 503
+
+
+class RequestTooLarge(TorchFlowError):
+    """More rows than the queue or the device can ever take (413, `RESOURCE_EXHAUSTED`)."""
+
+    status_code_default = 413

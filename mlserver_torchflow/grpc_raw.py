@@ -8,6 +8,7 @@ with `np.frombuffer`. Other models in the same server keep MLServer's own path.
 
 from __future__ import annotations
 
+import grpc
 from mlserver import types
 from mlserver.grpc import dataplane_pb2 as pb
 from mlserver.grpc.converters import (
@@ -16,6 +17,7 @@ from mlserver.grpc.converters import (
     ModelInferRequestConverter,
     ParametersConverter,
 )
+from mlserver.grpc.utils import STATUS_CODE_MAPPING
 
 from .errors import InvalidInput
 
@@ -26,6 +28,9 @@ _original = ModelInferRequestConverter.to_types
 def register(model_name: str) -> None:
     """Called for each TorchFlow model; patches the converter once per process."""
     _models.add(model_name)
+    # MLServer maps only 400/404/422/500 to gRPC codes; ours would all become UNKNOWN.
+    STATUS_CODE_MAPPING.setdefault(503, grpc.StatusCode.UNAVAILABLE)
+    STATUS_CODE_MAPPING.setdefault(413, grpc.StatusCode.RESOURCE_EXHAUSTED)
     if not getattr(ModelInferRequestConverter, "_torchflow_raw", False):
         ModelInferRequestConverter.to_types = classmethod(_to_types)  # type: ignore[method-assign,assignment,arg-type]
         ModelInferRequestConverter._torchflow_raw = True  # type: ignore[attr-defined]

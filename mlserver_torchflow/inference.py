@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from .codec import output_names
+from .device import after_out_of_memory, is_out_of_memory, to_device
 from .errors import ModelExecutionError
 from .signature import Interface
 
@@ -25,16 +26,21 @@ class Predictor:
 
     def run(self, arrays: list[np.ndarray]) -> list[tuple[str, np.ndarray]]:
         # inference_mode is thread-local (FACTS §1): it must be entered on the thread that computes.
-        with torch.inference_mode():
-            tensors = [self._to_device(a) for a in arrays]
-            outputs = self.module(*tensors)
-            return self._collect(outputs)
+        try:
+            with torch.inference_mode():
+                tensors = [self._to_device(a) for a in arrays]
+                outputs = self.module(*tensors)
+                return self._collect(outputs)
+        except Exception as err:
+            if is_out_of_memory(err):
+                after_out_of_memory(self.device)
+            raise
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
         tensor = torch.from_numpy(array)
         if tensor.is_floating_point() and self.float_dtype is not None:
             tensor = tensor.to(self.float_dtype)
-        return tensor.to(self.device, non_blocking=True)
+        return to_device(tensor, self.device)
 
     def _collect(self, outputs: Any) -> list[tuple[str, np.ndarray]]:
         names = output_names(outputs, self.interface)

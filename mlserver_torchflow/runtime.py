@@ -7,23 +7,28 @@ import dataclasses
 import logging
 import time
 import urllib.parse
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from mlserver import MLModel
 from mlserver.errors import InvalidModelURI
-from mlserver.settings import ModelSettings
+from mlserver.handlers.custom import CustomHandler, register_custom_handler
+from mlserver.settings import ModelParameters, ModelSettings
 from mlserver.types import InferenceRequest, InferenceResponse, MetadataModelResponse
 from mlserver.utils import to_absolute_path
 
 from . import grpc_raw
+from .batching import Batcher
 from .codec import check_requested, decode_request, encode_outputs
-from .device import describe, release, resolve_device, target_dtype
+from .device import describe, memory_in_use, release, resolve_device, target_dtype
 from .errors import ModelExecutionError, ModelLoadError, TorchFlowError
 from .examples import load_example
 from .inference import Predictor
 from .layout import locate
 from .loading import load_module
-from .metadata import build_metadata, observed_outputs
+from .metadata import build_metadata, observed_outputs, triton_config
+from .metrics import BatchMetrics
 from .settings import load_settings
 from .signature import interface_from_mlmodel
 from .versions import check_versions
@@ -35,14 +40,16 @@ class TorchFlowRuntime(MLModel):
     """Serves one MLflow PyTorch model over V2 REST and gRPC."""
 
     def __init__(self, settings: ModelSettings):
+        _take_over_batching(settings)
         super().__init__(settings)
         # Registered in every process that builds the model: the main one converts gRPC requests.
         grpc_raw.register(settings.name)
+        # MLServer adds the REST routes of members carrying a custom handler, per model instance.
+        self.triton_config = self._triton_config_handler()
 
     async def load(self) -> bool:
         started = time.monotonic()
-        extra = self.settings.parameters.extra if self.settings.parameters else None
-        self.torchflow = load_settings(extra)
+        self.torchflow = load_settings(self._extra())
         files = locate(self._model_path())
         interface = interface_from_mlmodel(files.mlmodel)
         self._versions = check_versions(files, self.torchflow.strict_versions)
@@ -69,6 +76,11 @@ class TorchFlowRuntime(MLModel):
                 self._predictor.interface = interface
         self._interface = interface
         self._device = device
+        self._metrics = BatchMetrics(self.name, str(device))
+        self._metrics.memory(memory_in_use(device))
+        self._batcher = Batcher(
+            self._predictor.run, self._executor, self.torchflow.batch_config(), self._metrics
+        )
         self._facts = {
             "format": fmt.value,
             "device": describe(device),
@@ -86,6 +98,36 @@ class TorchFlowRuntime(MLModel):
             time.monotonic() - started,
         )
         return True
+
+    def _triton_config_handler(self) -> Callable[[], Awaitable[dict[str, Any]]]:
+        async def model_config() -> dict[str, Any]:
+            # With parallel workers this runs in the main process, where load() never ran: read the
+            # signature from disk then (no torch needed).
+            settings = getattr(self, "torchflow", None) or load_settings(self._extra())
+            interface = getattr(self, "_interface", None) or interface_from_mlmodel(
+                locate(self._model_path()).mlmodel
+            )
+            batch = settings.batch_config()
+            return triton_config(
+                self.name,
+                interface.inputs,
+                interface.outputs,
+                batch.max_batch_size,
+                batch.preferred_batch_sizes,
+                batch.max_batch_time,
+            )
+
+        # With parallel workers MLServer calls the handler by name on the worker\'s model.
+
+        model_config.__name__ = "triton_config"
+
+        register_custom_handler(
+            CustomHandler(rest_path=f"/v2/models/{self.name}/config", rest_method="GET"), model_config
+        )
+        return model_config
+
+    def _extra(self) -> dict[str, Any] | None:
+        return self.settings.parameters.extra if self.settings.parameters else None
 
     def _model_path(self) -> str:
         """`parameters.uri` resolved as MLServer does; `locate` explains what is missing."""
@@ -105,9 +147,8 @@ class TorchFlowRuntime(MLModel):
         known = [s.name for s in interface.outputs] if interface.outputs else None
         requested = check_requested(payload, known)
         arrays = decode_request(payload, interface)
-        loop = asyncio.get_running_loop()
         try:
-            named = await loop.run_in_executor(self._executor, self._predictor.run, arrays)
+            named = await self._batcher.submit(arrays)
         except TorchFlowError:
             raise
         except Exception as err:
@@ -116,6 +157,8 @@ class TorchFlowRuntime(MLModel):
             raise ModelExecutionError(
                 f"model {self.name!r} failed on this request: {type(err).__name__}: {line}"
             ) from err
+        finally:
+            self._metrics.memory(memory_in_use(self._device))
         return InferenceResponse(
             model_name=self.name,
             model_version=self.version,
@@ -132,6 +175,9 @@ class TorchFlowRuntime(MLModel):
     async def unload(self) -> bool:
         """Also called after a failed load, so every attribute may be missing."""
         grpc_raw.unregister(self.name)
+        batcher = getattr(self, "_batcher", None)
+        if batcher is not None:
+            await batcher.close()
         executor = getattr(self, "_executor", None)
         if executor is not None:
             executor.shutdown(wait=True)
@@ -140,3 +186,21 @@ class TorchFlowRuntime(MLModel):
             release(self._device)
         logger.info("unloaded model %s", self.name)
         return True
+
+
+def _take_over_batching(settings: ModelSettings) -> None:
+    """Move MLServer's `max_batch_size` / `max_batch_time` into our settings, and zero MLServer's copy.
+
+    MLServer's generic batcher wraps any model with `max_batch_size > 1`; ours replaces it. The values
+    go into `parameters.extra`, which travels to parallel workers with the rest of the settings.
+    """
+    if settings.max_batch_size <= 1:
+        return
+    if settings.parameters is None:
+        settings.parameters = ModelParameters()
+    extra = settings.parameters.extra if settings.parameters.extra is not None else {}
+    extra.setdefault("max_batch_size", settings.max_batch_size)
+    extra.setdefault("max_batch_time", settings.max_batch_time)
+    settings.parameters.extra = extra
+    settings.max_batch_size = 0
+    settings.max_batch_time = 0

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .batching import BatchConfig
 from .errors import ModelLoadError
 
 ENV_PREFIX = "MLSERVER_MODEL_TORCHFLOW_"
@@ -30,6 +31,39 @@ class TorchFlowSettings(BaseSettings):
 
     warmup: bool = True
     """Run the model's own input example on the target device before reporting ready."""
+
+    max_batch_size: int = 0
+    """Rows per forward pass; above 1 turns on the runtime's own batcher (from model-settings.json too)."""
+
+    max_batch_time: float = 0.0
+    """Seconds the oldest queued request may wait for more rows while the device is busy."""
+
+    preferred_batch_sizes: tuple[int, ...] = ()
+    """Pad each batch up to the nearest of these row counts (stable shapes for compile / CUDA graphs)."""
+
+    max_queue_rows: int | None = None
+    """Rows allowed to wait; beyond it a request gets a 503. Default: 32 x max_batch_size."""
+
+    queue_timeout: float = 0.0
+    """Seconds a request may wait in the queue before it fails with a 503 unrun; 0 = no limit."""
+
+    @field_validator("preferred_batch_sizes")
+    @classmethod
+    def _check_sizes(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(v < 1 for v in value):
+            raise ValueError("sizes must be positive row counts")
+        return tuple(sorted(set(value)))
+
+    def batch_config(self) -> BatchConfig:
+        return BatchConfig(
+            max_batch_size=self.max_batch_size,
+            max_batch_time=max(self.max_batch_time, 0.0),
+            preferred_batch_sizes=self.preferred_batch_sizes,
+            max_queue_rows=self.max_queue_rows
+            if self.max_queue_rows is not None
+            else 32 * max(self.max_batch_size, 1),
+            queue_timeout=self.queue_timeout,
+        )
 
     @field_validator("device")
     @classmethod

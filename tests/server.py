@@ -23,12 +23,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def write_model_settings(folder: Path, name: str, uri: str | Path, **extra: Any) -> None:
+def write_model_settings(
+    folder: Path, name: str, uri: str | Path, mlserver: dict[str, Any] | None = None, **extra: Any
+) -> None:
+    """`mlserver` holds MLServer's own model fields (e.g. max_batch_size); `extra` ours."""
     folder.mkdir(parents=True, exist_ok=True)
     settings: dict[str, Any] = {
         "name": name,
         "implementation": "mlserver_torchflow.TorchFlowRuntime",
         "parameters": {"uri": str(uri), "extra": extra},
+        **(mlserver or {}),
     }
     (folder / "model-settings.json").write_text(json.dumps(settings))
 
@@ -97,6 +101,10 @@ class Server:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=30) as response:
+            return str(response.read().decode())
 
     def get(self, path: str) -> tuple[int, Any]:
         return self._request("GET", path, None, {})

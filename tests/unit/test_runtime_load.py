@@ -208,7 +208,9 @@ def test_unload_after_a_failed_load(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("fmt", b.FORMATS)
-def test_bare_weights_file_serves_without_a_signature(tmp_path: Path, mlp: dict[str, Saved], fmt: str) -> None:
+def test_bare_weights_file_serves_without_a_signature(
+    tmp_path: Path, mlp: dict[str, Saved], fmt: str
+) -> None:
     """KServe's `pytorch` format: one weights file, no MLmodel, any name."""
     weights = next((mlp[fmt].path / "data").glob("model.*"))
     shutil.copy(weights, tmp_path / f"classifier{weights.suffix}")

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Two throw-away virtualenvs holding KServe's real storage-initializer code, for
+# tests/integration/test_storage_initializer.py. They are separate from the project's own
+# environment because kserve pins clash with ours (numpy, pandas, fastapi, ...).
+#
+#   $KSERVE_ENVS/current   kserve-storage (newest on PyPI):  from kserve_storage import Storage
+#   $KSERVE_ENVS/v0.14.1   kserve[storage]==0.14.1 (flattens, FACTS §2.2):  from kserve.storage import Storage
+#
+# Both download with `Storage.download(uri, out_dir)`. KSERVE_ENVS defaults to <repo>/.kserve-envs
+# (git-ignored). Idempotent: an environment that was built from the same requirement and still
+# imports is left alone; anything else is rebuilt from scratch. Quiet unless something fails.
+# Neither environment may contain torch: the initializer never needs it, and a torch install here
+# would mean a dependency changed under us.
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+envs="${KSERVE_ENVS:-$repo/.kserve-envs}"
+python="${KSERVE_PYTHON:-python3}"
+# Pin the current one with KSERVE_STORAGE_REQ=kserve-storage==X.Y.Z to reproduce a run.
+current_req="${KSERVE_STORAGE_REQ:-kserve-storage}"
+old_req="kserve[storage]==0.14.1"
+
+mkdir -p "$envs"
+envs="$(cd "$envs" && pwd)"
+
+fail() {
+  echo "setup_kserve_envs: $*" >&2
+  exit 1
+}
+
+# Serialise concurrent runs (two pytest sessions on one machine) where flock exists.
+if command -v flock >/dev/null 2>&1; then
+  exec 9>"$envs/.lock"
+  flock 9
+fi
+
+# A constraint nothing satisfies: if either package ever depends on torch, pip stops with a
+# resolution error naming torch instead of downloading gigabytes.
+no_torch="$envs/no-torch-constraints.txt"
+printf 'torch<0\n' >"$no_torch"
+
+ready() { # name requirement import-statement
+  local dir="$envs/$1"
+  [[ -x "$dir/bin/python" && -f "$dir/.installed" ]] || return 1
+  [[ "$(cat "$dir/.installed")" == "$2" ]] || return 1
+  "$dir/bin/python" -c "$3" >/dev/null 2>&1
+}
+
+build() { # name requirement import-statement
+  local name="$1" req="$2" check="$3" dir="$envs/$1" log="$envs/$1.log"
+  if ready "$name" "$req" "$check"; then
+    return 0
+  fi
+  rm -rf "$dir"
+  "$python" -m venv "$dir" >"$log" 2>&1 || { cat "$log" >&2; fail "cannot create a venv in $dir with $python"; }
+  if ! "$dir/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
+      -c "$no_torch" "$req" >>"$log" 2>&1; then
+    grep -v 'is ignored: it is neither a file nor a directory' "$log" | tail -n 40 >&2
+    if grep -v 'is ignored: it is neither a file nor a directory' "$log" | grep -qi 'torch'; then
+      fail "installing '$req' wants torch (see above, full log: $log); the storage-initializer venvs must not contain torch"
+    fi
+    fail "pip install '$req' failed (full log: $log)"
+  fi
+  if "$dir/bin/python" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("torch") is None)'; then
+    fail "torch ended up in $dir after installing '$req'; the storage-initializer venvs must not contain torch"
+  fi
+  if ! "$dir/bin/python" -c "$check" >>"$log" 2>&1; then
+    tail -n 40 "$log" >&2
+    fail "'$req' installed in $dir but '$check' fails (full log: $log)"
+  fi
+  printf '%s' "$req" >"$dir/.installed"
+}
+
+build current "$current_req" "from kserve_storage import Storage; Storage.download"
+build v0.14.1 "$old_req" "from kserve.storage import Storage; Storage.download"

@@ -1,0 +1,135 @@
+"""The runtime's batcher behind a real `mlserver start`, with parallel workers 0 and 1.
+
+`max_batch_size` / `max_batch_time` are set where MLServer users set them (model-settings.json's
+top level); the runtime takes them over so MLServer's generic batcher never wraps it.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+
+from tests.conftest import Saved
+from tests.server import Server, write_model_settings
+
+BATCHING = {"max_batch_size": 16, "max_batch_time": 0.02}
+
+
+@pytest.fixture(scope="module", params=[0, 1], ids=["workers0", "workers1"])
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, mlp: dict[str, Saved]
+) -> Iterator[Server]:
+    repo = tmp_path_factory.mktemp(f"batching-{request.param}")
+    write_model_settings(
+        repo / "mlp", "mlp", mlp["pt2"].path, mlserver=BATCHING, preferred_batch_sizes=[4, 8, 16]
+    )
+    srv = Server(repo, parallel_workers=request.param).start()
+    try:
+        srv.wait_ready(["mlp"])
+        yield srv
+    finally:
+        srv.stop()
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels`."""
+    total, found = 0.0, False
+    for line in text.splitlines():
+        match = re.match(rf"^{re.escape(name)}(\{{(.*)\}})? ([0-9.e+-]+|NaN)$", line)
+        if match and all(f'{k}="{v}"' in (match.group(2) or "") for k, v in labels.items()):
+            total += float(match.group(3))
+            found = True
+    assert found, f"{name} {labels} not exported"
+    return total
+
+
+def test_concurrent_clients_each_get_their_own_answer(server: Server, mlp: dict[str, Saved]) -> None:
+    errors: list[str] = []
+    done: list[int] = []
+
+    def client(worker: int) -> None:
+        try:
+            _client(worker)
+        except BaseException as err:  # a thread's death must fail the test, not vanish
+            errors.append(f"worker {worker} died: {type(err).__name__}: {err}")
+
+    def _client(worker: int) -> None:
+        rng = np.random.default_rng(worker)
+        grpc_side = worker % 2 == 1
+        conn = (
+            grpcclient.InferenceServerClient(server.grpc)
+            if grpc_side
+            else httpclient.InferenceServerClient(server.http)
+        )
+        module = grpcclient if grpc_side else httpclient
+        for _ in range(10):
+            x = rng.random((int(rng.integers(1, 6)), 4), dtype=np.float32)
+            tensor = module.InferInput("input-0", list(x.shape), "FP32")
+            if grpc_side:
+                tensor.set_data_from_numpy(x)
+            else:  # MLServer speaks JSON tensors, not Triton's binary extension
+                tensor.set_data_from_numpy(x, binary_data=False)
+            got = conn.infer("mlp", [tensor]).as_numpy("output-0")
+            done.append(worker)
+            if got.shape != (x.shape[0], 3) or not np.allclose(
+                got, mlp["pt2"].expected(x), rtol=1e-5, atol=1e-5
+            ):
+                errors.append(f"worker {worker}: wrong answer for {x.shape[0]} rows")
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(24)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors[:5]
+    assert len(done) == 240, sorted(set(range(24)) - set(done))
+    text = server.metrics()
+    batches = _metric(text, "torchflow_batch_rows_count", model="mlp")
+    requests = _metric(text, "torchflow_queue_wait_seconds_count", model="mlp")
+    assert requests >= 240
+    assert 0 < batches < requests, "requests were never merged into one forward pass"
+    # preferred sizes: every executed batch was padded to 4, 8 or 16 rows
+    assert _metric(text, "torchflow_batch_rows_bucket", model="mlp", le="2.0") == 0
+    assert _metric(text, "torchflow_batch_rows_bucket", model="mlp", le="16.0") == batches
+    assert _metric(text, "torchflow_compute_seconds_sum", model="mlp") > 0
+    assert _metric(text, "torchflow_device_memory_bytes", model="mlp", device="cpu") > 10_000_000
+    assert _metric(text, "torchflow_queue_rows", model="mlp") == 0
+
+
+def test_invalid_request_among_valid_ones(server: Server, mlp: dict[str, Saved]) -> None:
+    results: dict[int, tuple[int, object]] = {}
+    x = np.random.default_rng(1).random((2, 4), dtype=np.float32)
+    good = {"inputs": [{"name": "input-0", "datatype": "FP32", "shape": [2, 4], "data": x.ravel().tolist()}]}
+    bad = {"inputs": [{"name": "input-0", "datatype": "FP32", "shape": [2, 4], "data": [1, 2, 3]}]}
+
+    def send(i: int) -> None:
+        results[i] = server.post("/v2/models/mlp/infer", bad if i == 5 else good)
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results[5][0] == 400 and "input-0" in results[5][1]["error"]  # type: ignore[index]
+    for i, (status, reply) in results.items():
+        if i != 5:
+            assert status == 200, reply
+            got = np.asarray(reply["outputs"][0]["data"], np.float32).reshape(2, 3)  # type: ignore[index]
+            np.testing.assert_allclose(got, mlp["pt2"].expected(x), rtol=1e-5, atol=1e-5)
+
+
+def test_triton_config_for_perf_analyzer(server: Server) -> None:
+    status, config = server.get("/v2/models/mlp/config")
+    assert status == 200, config
+    assert config["max_batch_size"] == 16
+    assert config["input"] == [{"name": "input-0", "data_type": "TYPE_FP32", "dims": [4]}]
+    assert config["output"] == [{"name": "output-0", "data_type": "TYPE_FP32", "dims": [3]}]
+    assert config["dynamic_batching"]["preferred_batch_size"] == [4, 8, 16]
+    parsed = httpclient.InferenceServerClient(server.http).get_model_config("mlp")
+    assert parsed["input"][0]["name"] == "input-0"
