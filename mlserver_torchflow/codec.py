@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from mlserver.types import InferenceRequest, RequestInput, ResponseOutput
+from mlserver.types import InferenceRequest, RequestInput, ResponseOutput, TensorData
 
 from .errors import InvalidInput
 from .signature import NUMPY_TO_V2, V2_TO_NUMPY, Interface, TensorSpec
@@ -180,11 +180,12 @@ def encode_outputs(
         elif array.dtype not in NUMPY_TO_V2:
             array = array.astype(np.float32 if array.dtype.kind in "fV" else np.int64)
         result.append(
-            ResponseOutput(
+            ResponseOutput.model_construct(
                 name=name,
                 shape=list(array.shape),
-                datatype=NUMPY_TO_V2[array.dtype],
-                data=array.reshape(-1).tolist(),
+                datatype=NUMPY_TO_V2[array.dtype],  # a str, as pydantic stores it (use_enum_values)
+                parameters=None,
+                data=TensorData.model_construct(root=array.reshape(-1).tolist()),
             )
         )
     return result

@@ -9,6 +9,8 @@ created lazily, after MLServer has chosen the value class.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import REGISTRY, Gauge, Histogram
@@ -29,6 +31,7 @@ class BatchMetrics:
 
     def __init__(self, model: str, device: str) -> None:
         labels = {"model": model}
+        self._memory_at = -float("inf")
         self._rows = _get(
             Histogram,
             "torchflow_batch_rows",
@@ -75,5 +78,9 @@ class BatchMetrics:
     def queue_rows(self, rows: int) -> None:
         self._queue.set(rows)
 
-    def memory(self, used: int) -> None:
-        self._memory.set(used)
+    def memory(self, read: Callable[[], int], every: float = 1.0) -> None:
+        """Sample memory at most once per `every` seconds: reading it costs more than a request's bookkeeping."""
+        now = time.monotonic()
+        if now - self._memory_at >= every:
+            self._memory_at = now
+            self._memory.set(read())

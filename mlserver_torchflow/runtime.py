@@ -77,7 +77,7 @@ class TorchFlowRuntime(MLModel):
         self._interface = interface
         self._device = device
         self._metrics = BatchMetrics(self.name, str(device))
-        self._metrics.memory(memory_in_use(device))
+        self._metrics.memory(lambda: memory_in_use(device), every=0)
         self._batcher = Batcher(
             self._predictor.run, self._executor, self.torchflow.batch_config(), self._metrics
         )
@@ -158,11 +158,13 @@ class TorchFlowRuntime(MLModel):
                 f"model {self.name!r} failed on this request: {type(err).__name__}: {line}"
             ) from err
         finally:
-            self._metrics.memory(memory_in_use(self._device))
-        return InferenceResponse(
+            self._metrics.memory(lambda: memory_in_use(self._device))
+        # Built from checked parts: skip pydantic's second validation on the hot path.
+        return InferenceResponse.model_construct(
             model_name=self.name,
             model_version=self.version,
             id=payload.id,
+            parameters=None,
             outputs=encode_outputs(named, interface, requested),
         )
 

@@ -7,4 +7,8 @@ if [ -f scripts/setup_kserve_envs.sh ]; then bash scripts/setup_kserve_envs.sh; 
 ruff check .
 ruff format --check mlserver_torchflow
 mypy mlserver_torchflow
-exec python -m pytest -q -p no:cacheprovider "$@"
+# Two processes: MLServer's dataplane.proto and tritonclient's grpc_service.proto both define the
+# `inference.*` protobuf symbols, so no single process may import both (unit tests import the runtime,
+# integration tests import tritonclient and talk to a server in another process).
+python -m pytest -q -p no:cacheprovider tests/unit tests/gpu "$@"
+python -m pytest -q -p no:cacheprovider tests/integration "$@"
