@@ -87,6 +87,15 @@ class Batcher:
                 "after a short back-off, or scale out."
             )
         item = _Item(arrays, rows, key, asyncio.get_running_loop().create_future())
+        if self._in_flight == 0 and not self._pending:
+            # Idle device, empty queue: run now, on this task, without a trip through the dispatcher.
+            self._in_flight += 1
+            try:
+                await self._execute([item])
+            finally:
+                self._in_flight -= 1
+                self._wake.set()
+            return item.future.result()
         self._pending.append(item)
         self._queued_rows += rows
         self._metrics.queue_rows(self._queued_rows)
