@@ -221,6 +221,9 @@ def start_server(
             env[var] = str(len(server_cpus))
     if cfg.group == "floor":
         env["PYTHONPATH"] = str(HERE)
+    if cfg.group == "ours" and os.environ.get("BENCH_OURS_SRC"):
+        # benchmark the runtime from another checkout (e.g. a clean worktree of a commit)
+        env["PYTHONPATH"] = os.environ["BENCH_OURS_SRC"]
     mlserver = str(PEER_VENV / "bin" / "mlserver") if cfg.group == "peer" else PROJECT_MLSERVER
     if not Path(mlserver).exists():
         hint = " (run benchmarks/setup_peer.sh)" if cfg.group == "peer" else ""

@@ -8,18 +8,18 @@ from typing import Any
 import numpy as np
 
 from .errors import ModelLoadError
-from .layout import ModelFiles
+from .layout import ModelFiles, example_names, inside
 from .signature import Interface
 
 
 def load_example(files: ModelFiles, interface: Interface) -> list[np.ndarray] | None:
     """The arrays to pass to forward, or None when the model has no example."""
-    info = files.mlmodel.get("saved_input_example_info") or {}
-    names = [info.get("artifact_path"), info.get("serving_input_path")]
-    names += ["input_example.json", "serving_input_example.json"]
-    path = next((files.model_dir / n for n in names if n and (files.model_dir / n).is_file()), None)
+    candidates = [files.model_dir / n for n in example_names(files.mlmodel)]
+    path = next((p for p in candidates if p.is_file()), None)
     if path is None:
         return None
+    # locate() checked these already; checked again here, where the file is read.
+    path = inside(files.root, path, "the input example")
     try:
         content = json.loads(path.read_text(encoding="utf-8"))
         return _to_arrays(_unwrap(content), interface)

@@ -8,6 +8,8 @@ with `np.frombuffer`. Other models in the same server keep MLServer's own path.
 
 from __future__ import annotations
 
+import struct
+
 import grpc
 from mlserver import types
 from mlserver.grpc import dataplane_pb2 as pb
@@ -46,7 +48,15 @@ def _to_types(cls: type, pb_object: pb.ModelInferRequest) -> types.InferenceRequ
 
 def _convert(pb_object: pb.ModelInferRequest) -> types.InferenceRequest:
     if pb_object.model_name not in _models or not pb_object.raw_input_contents:
-        return _original(pb_object)
+        try:
+            return _original(pb_object)
+        except (struct.error, ValueError, TypeError, KeyError, IndexError, OverflowError) as err:
+            # MLServer unpacks raw contents before it looks the model up: for an unknown (or another
+            # runtime's) model a buffer of the wrong size or an odd datatype was an INTERNAL error.
+            raise InvalidInput(
+                f"raw_input_contents do not match the inputs' datatypes and shapes ({err}); send one "
+                "buffer per input holding exactly the shape's values."
+            ) from err
     request = types.InferenceRequest.model_construct(
         id=pb_object.id,
         parameters=ParametersConverter.to_types(pb_object.parameters),

@@ -7,6 +7,7 @@ The folder is read-only (FACTS §2.5): nothing here writes, unpacks or caches.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,9 @@ WEIGHT_NAMES = ("model.pth", "model.pt2")
 # Without an MLmodel (KServe's `pytorch` format), any file with these endings is a candidate.
 BARE_SUFFIXES = (".pt2", ".pth", ".pt")
 STATE_DICT = "state_dict.pth"
+# Files next to the MLmodel that the runtime reads (versions.py): refused when they lead outside.
+SIDE_FILES = ("requirements.txt", "python_env.yaml", "conda.yaml")
+EXAMPLE_NAMES = ("input_example.json", "serving_input_example.json")
 MAX_MLMODEL_DEPTH = 2
 MAX_SEARCH_DEPTH = 4
 
@@ -95,6 +99,7 @@ def read_mlmodel(path: Path) -> dict[str, Any]:
 
 def _from_mlmodel(uri: str, root: Path, mlmodel_path: Path) -> ModelFiles:
     model_dir = mlmodel_path.parent
+    inside(root, mlmodel_path, "the MLmodel file")
     mlmodel = read_mlmodel(mlmodel_path)
     flavors = mlmodel.get("flavors") or {}
     if "pytorch" not in flavors:
@@ -105,7 +110,7 @@ def _from_mlmodel(uri: str, root: Path, mlmodel_path: Path) -> ModelFiles:
         )
     flavor = flavors["pytorch"] or {}
     model_data = str(flavor.get("model_data") or "data")
-    data_path = _inside(root, model_dir / model_data, f"flavors.pytorch.model_data ({model_data!r})")
+    data_path = inside(root, model_dir / model_data, f"flavors.pytorch.model_data ({model_data!r})")
 
     candidates: list[Path] = []
     if data_path.is_file():
@@ -120,8 +125,12 @@ def _from_mlmodel(uri: str, root: Path, mlmodel_path: Path) -> ModelFiles:
         raise _nothing_found(
             uri, root, [str(c) for c in candidates], f"{model_dir}/**/{{model.pth,model.pt2}}"
         )
+    inside(root, weights, "the weights file")
     if weights != candidates[0] and weights.parent != data_path:
         logger.warning("weights not at %s; using %s (storage-initializer layout)", data_path, weights)
+    for name in (*SIDE_FILES, *example_names(mlmodel)):
+        if os.path.lexists(model_dir / name):
+            inside(root, model_dir / name, f"{name!r} (read from next to the MLmodel)")
 
     return ModelFiles(
         uri=uri,
@@ -139,6 +148,7 @@ def _bare_weights(uri: str, root: Path) -> ModelFiles:
     found = [named] if named else [p for p in _search(root, lambda p: p.suffix in BARE_SUFFIXES)]
     found = [p for p in found if p.name != STATE_DICT]
     if len(found) == 1:
+        inside(root, found[0], "the weights file")
         logger.warning("no MLmodel under %s: serving %s without a signature", root, found[0])
         return ModelFiles(uri=uri, root=root, model_dir=found[0].parent, weights=found[0])
     if len(found) > 1:
@@ -173,22 +183,39 @@ def _code_paths(root: Path, model_dir: Path, code: Any) -> tuple[Path, ...]:
     if not code:
         return ()
     paths = []
-    code_dir = _inside(root, model_dir / str(code), f"flavors.pytorch.code ({code!r})")
+    code_dir = inside(root, model_dir / str(code), f"flavors.pytorch.code ({code!r})")
     if code_dir.is_dir():
+        for entry in sorted(code_dir.iterdir()):  # modules imported from there while unpickling
+            inside(root, entry, "a module in the code folder")
         paths.append(code_dir)
     if any(model_dir.glob("*.py")):
         paths.append(model_dir)
     return tuple(paths)
 
 
-def _inside(root: Path, path: Path, what: str) -> Path:
+def example_names(mlmodel: dict[str, Any]) -> list[str]:
+    """The input example files the MLmodel names (saved_input_example_info), then MLflow's defaults."""
+    info = mlmodel.get("saved_input_example_info") or {}
+    named = [str(info[k]) for k in ("artifact_path", "serving_input_path") if info.get(k)]
+    return list(dict.fromkeys([*named, *EXAMPLE_NAMES]))
+
+
+def inside(root: Path, path: Path, what: str) -> Path:
+    """`path` with symlinks resolved, if it stays in `root` (already resolved); else a load error."""
     resolved = path.resolve()
     if resolved != root and root not in resolved.parents:
+        link = " through a symlink" if path.is_symlink() or _any_link(root, path) else ""
         raise ModelLoadError(
-            f"{what} points to {resolved}, outside the model folder {root}; refusing to read it. "
-            "The MLmodel must only reference files inside the model folder."
+            f"{what} {path} points{link} to {resolved}, outside the model folder {root}; refusing to "
+            "read it. The MLmodel and the model folder must only reference files inside the folder: "
+            "copy the file into it instead of linking or pointing to it."
         )
     return resolved
+
+
+def _any_link(root: Path, path: Path) -> bool:
+    """Whether some folder between `root` and `path` is a symlink (path may be relative and odd)."""
+    return any(p.is_symlink() for p in path.parents if root in p.parents)
 
 
 def _subdirs(folder: Path) -> list[Path]:

@@ -18,19 +18,19 @@ from mlserver.settings import ModelParameters, ModelSettings
 from mlserver.types import InferenceRequest, InferenceResponse, MetadataModelResponse
 from mlserver.utils import to_absolute_path
 
-from . import grpc_raw
+from . import grpc_raw, logs, startup
 from .batching import Batcher
 from .codec import check_requested, decode_request, encode_outputs
 from .device import describe, memory_in_use, release, resolve_device, target_dtype
 from .errors import ModelExecutionError, ModelLoadError, TorchFlowError
 from .examples import load_example
 from .inference import Predictor
-from .layout import locate
+from .layout import MLMODEL, ModelFiles, locate
 from .loading import load_module
 from .metadata import build_metadata, observed_outputs, triton_config
 from .metrics import BatchMetrics
 from .settings import load_settings
-from .signature import interface_from_mlmodel
+from .signature import Interface, interface_from_mlmodel
 from .versions import check_versions
 
 logger = logging.getLogger("mlserver.torchflow")
@@ -42,23 +42,46 @@ class TorchFlowRuntime(MLModel):
     def __init__(self, settings: ModelSettings):
         _take_over_batching(settings)
         super().__init__(settings)
+        startup.install()
         # Registered in every process that builds the model: the main one converts gRPC requests.
         grpc_raw.register(settings.name)
         # MLServer adds the REST routes of members carrying a custom handler, per model instance.
         self.triton_config = self._triton_config_handler()
 
     async def load(self) -> bool:
+        """Raises on failure (never returns False: with parallel workers False still reports ready)."""
+        at_startup = startup.during_startup()
+        try:
+            return await self._load()
+        except Exception as err:
+            if at_startup:
+                # Readiness goes false before MLServer unregisters the model (see startup.py).
+                startup.mark_failed()
+            when = " at startup" if at_startup else ""
+            if isinstance(err, TorchFlowError):
+                logger.error("model %s failed to load%s: %s", self.name, when, err)
+            else:
+                logger.exception(
+                    "model %s failed to load%s: %s: %s", self.name, when, type(err).__name__, err
+                )
+            raise
+
+    async def _load(self) -> bool:
         started = time.monotonic()
         self.torchflow = load_settings(self._extra())
+        self._limits = self.torchflow.request_limits()
+        logs.configure(self.torchflow.log_format)
         files = locate(self._model_path())
-        interface = interface_from_mlmodel(files.mlmodel)
+        interface = _interface(files)
         self._versions = check_versions(files, self.torchflow.strict_versions)
         device = resolve_device(self.torchflow.device)
         dtype = target_dtype(self.torchflow.dtype)
         # One thread per model: the forward pass never runs on the event loop.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"torchflow-{self.name}")
         loop = asyncio.get_running_loop()
-        module, fmt = await loop.run_in_executor(self._executor, load_module, files, device, dtype)
+        module, fmt = await loop.run_in_executor(
+            self._executor, load_module, files, device, dtype, self.torchflow.allow_pickle
+        )
         self._predictor = Predictor(module, device, dtype, interface)
 
         example = load_example(files, interface) if self.torchflow.warmup else None
@@ -143,17 +166,26 @@ class TorchFlowRuntime(MLModel):
         return to_absolute_path(self.settings, parsed.path)
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        try:
+            return await self._predict(payload)
+        except TorchFlowError as err:
+            headers = payload.parameters.headers if payload.parameters is not None else None
+            logs.request_failed(self.name, payload.id, headers, err)
+            logs.tag_with_request_id(err, payload.id)
+            raise
+
+    async def _predict(self, payload: InferenceRequest) -> InferenceResponse:
         interface = self._interface
         known = [s.name for s in interface.outputs] if interface.outputs else None
         requested = check_requested(payload, known)
-        arrays = decode_request(payload, interface)
+        arrays = decode_request(payload, interface, self._limits)
         try:
             named = await self._batcher.submit(arrays)
         except TorchFlowError:
             raise
         except Exception as err:
-            logger.exception("model %s raised on request %s", self.name, payload.id)
-            line = (str(err).strip().splitlines() or [""])[0][:300]
+            # Logged with its traceback by predict(), as one failed request.
+            line = logs.first_line(str(err))
             raise ModelExecutionError(
                 f"model {self.name!r} failed on this request: {type(err).__name__}: {line}"
             ) from err
@@ -176,18 +208,30 @@ class TorchFlowRuntime(MLModel):
 
     async def unload(self) -> bool:
         """Also called after a failed load, so every attribute may be missing."""
+        started = time.monotonic()
         grpc_raw.unregister(self.name)
-        batcher = getattr(self, "_batcher", None)
+        batcher = self.__dict__.pop("_batcher", None)
         if batcher is not None:
             await batcher.close()
         executor = getattr(self, "_executor", None)
         if executor is not None:
             executor.shutdown(wait=True)
+        # Every holder of the module goes (the batcher holds the predictor's bound `run`), so that
+        # release() finds it unreferenced even while MLServer still holds this object.
         self.__dict__.pop("_predictor", None)
+        del batcher
         if hasattr(self, "_device"):
             release(self._device)
-        logger.info("unloaded model %s", self.name)
+        logger.info("unloaded model %s in %.2fs", self.name, time.monotonic() - started)
         return True
+
+
+def _interface(files: ModelFiles) -> Interface:
+    """The signature's interface; a broken signature names the MLmodel it is in."""
+    try:
+        return interface_from_mlmodel(files.mlmodel)
+    except ModelLoadError as err:
+        raise ModelLoadError(f"{files.model_dir / MLMODEL}: {err}") from err
 
 
 def _take_over_batching(settings: ModelSettings) -> None:

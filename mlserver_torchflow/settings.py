@@ -5,11 +5,12 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .batching import BatchConfig
 from .errors import ModelLoadError
+from .limits import DEFAULT_MAX_ELEMENTS, DEFAULT_MAX_ROWS, RequestLimits
 
 ENV_PREFIX = "MLSERVER_MODEL_TORCHFLOW_"
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
@@ -47,6 +48,27 @@ class TorchFlowSettings(BaseSettings):
     queue_timeout: float = 0.0
     """Seconds a request may wait in the queue before it fails with a 503 unrun; 0 = no limit."""
 
+    # --- request limits (limits.py): checked from the declared shapes, before any data is converted
+    max_request_rows: int = Field(default=DEFAULT_MAX_ROWS, ge=0)
+    """Rows (first dimension) one request may carry; more is a 413. 0 = no limit."""
+
+    max_request_elements: int = Field(default=DEFAULT_MAX_ELEMENTS, ge=0)
+    """Values one input of one request may carry (product of its shape); more is a 413. 0 = no limit."""
+
+    def request_limits(self) -> RequestLimits:
+        return RequestLimits(max_rows=self.max_request_rows, max_elements=self.max_request_elements)
+
+    # --- end of request limits
+
+    # --- safety and logs (loading.py, logs.py; docs/operations-faults.md)
+    allow_pickle: bool = True
+    """Load pickled `model.pth` files (MLflow 1.x/2.x). False refuses them before anything is unpickled."""
+
+    log_format: Literal["text", "json"] | None = None
+    """`json`: the runtime's log lines become one JSON object each. Default: MLServer's use_structured_logging."""
+
+    # --- end of safety and logs
+
     @field_validator("preferred_batch_sizes")
     @classmethod
     def _check_sizes(cls, value: tuple[int, ...]) -> tuple[int, ...]:
@@ -77,7 +99,7 @@ class TorchFlowSettings(BaseSettings):
 def load_settings(extra: dict[str, Any] | None) -> TorchFlowSettings:
     """Build the settings once per model; a bad value fails the load with the key that is wrong."""
     try:
-        return TorchFlowSettings(**(extra or {}))
+        settings = TorchFlowSettings(**(extra or {}))
     except ValidationError as err:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in err.errors()
@@ -87,3 +109,21 @@ def load_settings(extra: dict[str, Any] | None) -> TorchFlowSettings:
             f"`parameters.extra` or as {ENV_PREFIX}<KEY> environment variables; see the README's "
             "settings table."
         ) from err
+    return settings
+
+
+class ServerSettings(BaseSettings):
+    """Server-wide knobs (one REST app serves every model): env vars `MLSERVER_TORCHFLOW_<KEY>`."""
+
+    model_config = SettingsConfigDict(env_prefix="MLSERVER_TORCHFLOW_", extra="ignore")
+
+    max_body_bytes: int = 64 * 1024 * 1024
+    """REST bodies above this (declared, streamed or gunzipped) get a 413; 0 = no cap."""
+
+
+def server_settings() -> ServerSettings:
+    """Read per call (cheap): the body cap is consulted once per request, and tests change it."""
+    try:
+        return ServerSettings()
+    except ValidationError:
+        return ServerSettings.model_construct()

@@ -7,6 +7,7 @@ if [ -f scripts/setup_kserve_envs.sh ]; then bash scripts/setup_kserve_envs.sh; 
 ruff check .
 ruff format --check mlserver_torchflow
 mypy mlserver_torchflow
+hadolint --failure-threshold error Dockerfile
 # Two processes: MLServer's dataplane.proto and tritonclient's grpc_service.proto both define the
 # `inference.*` protobuf symbols, so no single process may import both (unit tests import the runtime,
 # integration tests import tritonclient and talk to a server in another process).

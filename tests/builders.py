@@ -11,6 +11,7 @@ import shutil
 import stat
 import sys
 import tarfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,37 @@ class ConvNet(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.relu(self.conv(image)).mean(dim=(2, 3)))
+
+
+class FailsOnNegative(nn.Module):
+    """The MLP, but it raises ValueError when any input value is negative: a fault inside the model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.02)  # a busy device: concurrent requests queue up and are batched together
+        if bool((x < 0).any()):
+            # Says, in the server's log, whether the failing pass held other requests' rows too.
+            print(f"FailsOnNegative: a pass of {x.shape[0]} rows raised", flush=True)
+            raise ValueError("this model accepts no negative values")
+        return self.net(x)
+
+
+class BreaksWhenLoaded(nn.Module):
+    """Restoring it takes two seconds and then raises: a model whose load fails late, in the server."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        time.sleep(2.0)
+        raise RuntimeError("BreaksWhenLoaded cannot be restored (on purpose)")
 
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
