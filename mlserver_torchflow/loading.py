@@ -186,7 +186,8 @@ def _load_torchscript(files: ModelFiles, device: torch.device) -> Any:
 
 
 def _load_pt2(files: ModelFiles, device: torch.device) -> Any:
-    program = torch.export.load(str(files.weights))
+    with _pt2_weights_on_cpu(device):
+        program = torch.export.load(str(files.weights))
     current = {
         t.device
         for t in (*program.state_dict.values(), *program.constants.values())
@@ -197,6 +198,25 @@ def _load_pt2(files: ModelFiles, device: torch.device) -> Any:
 
         program = move_to_device_pass(program, device)
     return program.module()
+
+
+@contextlib.contextmanager
+def _pt2_weights_on_cpu(device: torch.device) -> Iterator[None]:
+    """A pt2 exported on a GPU records `cuda` for its weights, and torch 2.13's `torch.export.load`
+    creates them there (it has no `map_location`): on a CPU-only host that fails. When the target is
+    the CPU and there is no CUDA, place the weights on the CPU; `move_to_device_pass` then rewrites
+    the graph's own device arguments. Only ever entered under `_LOAD_LOCK`."""
+    if device.type != "cpu" or torch.cuda.is_available():
+        yield
+        return
+    from torch.export.pt2_archive import _package
+
+    original = _package.deserialize_device
+    _package.deserialize_device = lambda _saved: torch.device("cpu")  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        _package.deserialize_device = original
 
 
 def _add_code_paths(paths: tuple[Path, ...]) -> None:

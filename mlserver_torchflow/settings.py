@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, Literal
 
@@ -121,8 +122,9 @@ class ServerSettings(BaseSettings):
     """REST bodies above this (declared, streamed or gunzipped) get a 413; 0 = no cap."""
 
 
+@functools.lru_cache(maxsize=1)
 def server_settings() -> ServerSettings:
-    """Read per call (cheap): the body cap is consulted once per request, and tests change it."""
+    """Built once per process (the body cap is consulted on every request); `cache_clear()` re-reads."""
     try:
         return ServerSettings()
     except ValidationError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import tracemalloc
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -17,12 +18,20 @@ from mlserver_torchflow import body_limit, limits
 from mlserver_torchflow.codec import decode_request
 from mlserver_torchflow.errors import InvalidInput, RequestTooLarge
 from mlserver_torchflow.limits import RequestLimits
-from mlserver_torchflow.settings import load_settings
+from mlserver_torchflow.settings import load_settings, server_settings
 from mlserver_torchflow.signature import Interface, TensorSpec
 from tests.conftest import Saved
 
 SINGLE = Interface(inputs=(TensorSpec("input-0", "FP32", (-1, 4)),), outputs=None)
 FREE = Interface(inputs=None, outputs=None)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_server_settings() -> Iterator[None]:
+    """Tests change the body cap's env var; no cached value may outlive them."""
+    server_settings.cache_clear()
+    yield
+    server_settings.cache_clear()
 
 
 def req(shape: list[int], data: Any, name: str = "input-0", datatype: str = "FP32") -> InferenceRequest:
@@ -164,12 +173,14 @@ def _body(payload: bytes, headers: dict[str, str], chunk: int = 65536) -> bytes:
 def test_body_cap_by_content_length_stream_and_gunzip(monkeypatch: pytest.MonkeyPatch) -> None:
     body_limit.install()
     monkeypatch.setenv(body_limit.ENV, "1000")
+    server_settings.cache_clear()
     assert _body(b"x" * 1000, {"content-length": "1000"}) == b"x" * 1000
     for headers in ({"content-length": "1001"}, {}):  # declared, then streamed (chunked)
         with pytest.raises(HTTPException) as err:
             _body(b"x" * 1001, headers, chunk=100)
         assert err.value.status_code == 413 and body_limit.ENV in str(err.value.detail)
     monkeypatch.setenv(body_limit.ENV, "20000")
+    server_settings.cache_clear()
     bomb = gzip.compress(b"0" * 10_000_000)
     assert len(bomb) < 20000
     with pytest.raises(HTTPException, match="gunzipped") as err:
@@ -181,6 +192,7 @@ def test_body_cap_by_content_length_stream_and_gunzip(monkeypatch: pytest.Monkey
             _body(broken, {"content-encoding": "gzip"})
         assert err.value.status_code == 400
     monkeypatch.setenv(body_limit.ENV, "0")
+    server_settings.cache_clear()
     assert len(_body(b"x" * 5000, {})) == 5000
 
 

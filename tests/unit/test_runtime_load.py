@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import sys
 import textwrap
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -217,3 +219,33 @@ def test_bare_weights_file_serves_without_a_signature(
     model = load(tmp_path)
     x = np.random.default_rng(2).random((3, 4), dtype=np.float32)
     np.testing.assert_allclose(predict(model, x), mlp[fmt].expected(x), rtol=1e-5, atol=1e-6)
+
+
+def test_gpu_exported_pt2_loads_on_a_cpu_host(tmp_path: Path, mlp: dict[str, Saved]) -> None:
+    """No GPU here: the archive's recorded devices are rewritten to `cuda:0`, which is what
+    torch.export.save records for a program exported on a GPU, so torch.export.load itself fails on
+    this host (checked first); the runtime loads it onto the CPU."""
+    if torch.cuda.is_available():
+        pytest.skip("this host has CUDA; the CPU-host case needs a host without it")
+    shutil.copytree(mlp["pt2"].path, tmp_path / "m")
+    weights = tmp_path / "m" / "data" / "model.pt2"
+    with zipfile.ZipFile(weights) as src:
+        entries = [(info, src.read(info.filename)) for info in src.infolist()]
+    rewritten = 0
+    with zipfile.ZipFile(weights, "w") as out:
+        for info, data in entries:
+            if info.filename.endswith(".json"):
+                new = re.sub(
+                    rb'"device":\s*\{"type":\s*"cpu",\s*"index":\s*null\}',
+                    b'"device": {"type": "cuda", "index": 0}',
+                    data,
+                )
+                rewritten += new != data
+                data = new
+            out.writestr(info, data)
+    assert rewritten, "the archive recorded no device to rewrite"
+    with pytest.raises((RuntimeError, AssertionError)):
+        torch.export.load(str(weights))
+    model = load(tmp_path / "m", device="cpu")
+    x = np.random.default_rng(4).random((3, 4), dtype=np.float32)
+    np.testing.assert_allclose(predict(model, x), mlp["pt2"].expected(x), rtol=1e-5, atol=1e-6)
