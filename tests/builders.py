@@ -6,12 +6,15 @@ needs no test module to unpickle them. Every model is built from a fixed seed.
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import stat
 import sys
 import tarfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +114,33 @@ class BreaksWhenLoaded(nn.Module):
 
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+_CODE_MODULE = """
+import torch
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.l = torch.nn.Linear(4, 3)
+    def forward(self, x):
+        return self.l(x) * {scale}
+"""
+
+
+@contextmanager
+def code_module_net(src: Path, module: str, scale: int = 1) -> Iterator[tuple[nn.Module, Path]]:
+    """A model whose class lives in `src/<module>.py`, so it pickles by reference, as a model saved
+    with `code_paths=` does. The module is importable only inside the block: save the model there."""
+    src.mkdir(parents=True, exist_ok=True)
+    path = src / f"{module}.py"
+    path.write_text(_CODE_MODULE.format(scale=scale))
+    sys.path.insert(0, str(src))
+    try:
+        torch.manual_seed(0)
+        yield importlib.import_module(module).Net().eval(), path
+    finally:
+        sys.path.remove(str(src))
+        sys.modules.pop(module, None)
 
 
 def build(cls: type[nn.Module]) -> nn.Module:

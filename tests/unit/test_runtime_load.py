@@ -7,7 +7,6 @@ import json
 import re
 import shutil
 import sys
-import textwrap
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -104,40 +103,19 @@ def test_reduced_precision_stays_close_to_fp32(mlp: dict[str, Saved], fmt: str, 
 
 
 def test_code_paths_module_goes_on_sys_path(tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "tf_netdef_a.py").write_text(
-        textwrap.dedent("""
-        import torch
-        class Net(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.l = torch.nn.Linear(4, 3)
-            def forward(self, x):
-                return self.l(x) * 2
-    """)
-    )
-    sys.path.insert(0, str(src))
-    try:
-        import tf_netdef_a  # type: ignore[import-not-found]
-
-        torch.manual_seed(0)
-        net = tf_netdef_a.Net().eval()
-        x = np.ones((1, 4), np.float32)
+    x = np.ones((1, 4), np.float32)
+    with b.code_module_net(tmp_path / "src", "tf_netdef_a", scale=2) as (net, module):
         mlflow.pytorch.save_model(
             net,
             str(tmp_path / "with"),
             serialization_format="pickle",
-            code_paths=[str(src / "tf_netdef_a.py")],
+            code_paths=[str(module)],
             input_example=x,
         )
         mlflow.pytorch.save_model(
             net, str(tmp_path / "without"), serialization_format="pickle", input_example=x
         )
         expected = b.reference(net, x)
-    finally:
-        sys.path.remove(str(src))
-        sys.modules.pop("tf_netdef_a", None)
     with pytest.raises(ModelLoadError, match="ModuleNotFoundError.*tf_netdef_a.*code_paths"):
         load(tmp_path / "without")
     sys.modules.pop("tf_netdef_a", None)

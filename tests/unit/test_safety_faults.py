@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import shutil
 import sys
-import textwrap
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -122,32 +121,10 @@ def test_a_missing_signature_still_loads_and_serves(tmp_path: Path, mlp: dict[st
 def with_code(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A pickled model whose class lives in a `code_paths` module (not pickled by value)."""
     tmp = tmp_path_factory.mktemp("code")
-    src = tmp / "src"
-    src.mkdir()
-    (src / "tf_safety_net.py").write_text(
-        textwrap.dedent("""
-        import torch
-        class Net(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.l = torch.nn.Linear(4, 3)
-            def forward(self, x):
-                return self.l(x)
-    """)
-    )
-    sys.path.insert(0, str(src))
-    try:
-        import tf_safety_net  # type: ignore[import-not-found]
-
+    with b.code_module_net(tmp / "src", "tf_safety_net") as (net, module):
         mlflow.pytorch.save_model(
-            tf_safety_net.Net().eval(),
-            str(tmp / "model"),
-            serialization_format="pickle",
-            code_paths=[str(src / "tf_safety_net.py")],
+            net, str(tmp / "model"), serialization_format="pickle", code_paths=[str(module)]
         )
-    finally:
-        sys.path.remove(str(src))
-        sys.modules.pop("tf_safety_net", None)
     return tmp / "model"
 
 
