@@ -29,7 +29,11 @@ logger = logging.getLogger("mlserver.torchflow")
 
 Named = list[tuple[str, np.ndarray]]
 RunFn = Callable[[list[np.ndarray]], Named]
-MAX_IN_FLIGHT = 2  # one computing, one ready behind it: its copy overlaps the compute
+# Batches handed to the executor at once. On CUDA 2: the next batch waits in the executor's queue and
+# starts the moment the device frees, with no event-loop round trip between them. On CPU 1: the forward
+# shares the cores with the event loop, so a second batch closed early only freezes a small batch that
+# would have grown while the first one ran (measured: mean batch 2-4 rows at 32 clients with 2).
+MAX_IN_FLIGHT = {"cuda": 2, "cpu": 1}
 
 
 @dataclass(frozen=True)
@@ -58,8 +62,16 @@ def batch_key(arrays: list[np.ndarray]) -> tuple[Any, ...] | None:
 
 
 class Batcher:
-    def __init__(self, run: RunFn, executor: Executor, config: BatchConfig, metrics: BatchMetrics) -> None:
+    def __init__(
+        self,
+        run: RunFn,
+        executor: Executor,
+        config: BatchConfig,
+        metrics: BatchMetrics,
+        device_type: str = "cpu",
+    ) -> None:
         self._run = run
+        self._max_in_flight = MAX_IN_FLIGHT.get(device_type, 1)
         self._executor = executor
         self.config = config
         self._metrics = metrics
@@ -115,7 +127,7 @@ class Batcher:
     async def _dispatch_loop(self) -> None:
         while True:
             self._drop_dead()
-            if not self._pending or self._in_flight >= MAX_IN_FLIGHT:
+            if not self._pending or self._in_flight >= self._max_in_flight:
                 await self._sleep(None)
                 continue
             first = self._pending[0]

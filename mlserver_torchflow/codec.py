@@ -66,15 +66,20 @@ def decode_request(
             f"{' and '.join(parts)}: this model takes {wanted}. GET /v2/models/<name> lists them."
         )
     # Every shape is checked against the limits before any input's data is converted.
-    for spec in interface.inputs:
-        _check_shape(by_name[spec.name], spec, limits)
-    arrays = [_decode(by_name[s.name], s, limits) for s in interface.inputs]
+    checked = [(by_name[s.name], s, _check_shape(by_name[s.name], s, limits)) for s in interface.inputs]
+    arrays = [_decode(inp, spec, limits, shape) for inp, spec, shape in checked]
     if interface.columns:
         return [_stack_columns(arrays, interface.inputs)]
     return arrays
 
 
-def _decode(inp: RequestInput, spec: TensorSpec | None, limits: RequestLimits) -> np.ndarray:
+def _decode(
+    inp: RequestInput,
+    spec: TensorSpec | None,
+    limits: RequestLimits,
+    checked: tuple[tuple[int, ...], int] | None = None,
+) -> np.ndarray:
+    """`checked`: the (shape, count) that `_check_shape` returned already, so it runs once per input."""
     name = _quote(inp.name)
     datatype = str(getattr(inp.datatype, "value", inp.datatype))
     got = V2_TO_NUMPY.get(datatype)
@@ -83,7 +88,7 @@ def _decode(inp: RequestInput, spec: TensorSpec | None, limits: RequestLimits) -
             f"input {name}: datatype {_quote(datatype)} is not supported; expected "
             f"{spec.datatype if spec else 'one of ' + ', '.join(V2_TO_NUMPY)}."
         )
-    shape, count = _check_shape(inp, spec, limits)
+    shape, count = checked if checked is not None else _check_shape(inp, spec, limits)
     if spec is not None and not cast_allowed(got, spec.dtype):
         raise InvalidInput(
             f"input {name}: expected {spec.describe()}, got datatype {datatype}, which cannot be "

@@ -90,6 +90,30 @@ def test_an_idle_device_runs_a_lone_request_at_once() -> None:
     assert asyncio.run(main()) < 1.0, "a lone request waited for the batch window"
 
 
+@pytest.mark.parametrize(("device_type", "closes_early"), [("cpu", False), ("cuda", True)])
+def test_arrivals_during_a_busy_pass_form_one_batch_on_cpu(device_type: str, closes_early: bool) -> None:
+    """On CPU the next batch closes only when the device frees (it grows meanwhile); on CUDA one batch
+    is handed over early, at its deadline, so that it starts without a loop round trip."""
+    _, run = mlp_run()
+    recorder = Recorder(run, delay=0.3)
+
+    async def main() -> None:
+        cfg = BatchConfig(max_batch_size=64, max_batch_time=0.01)
+        batch = Batcher(
+            recorder, ThreadPoolExecutor(max_workers=1), cfg, BatchMetrics("t-if", "cpu"), device_type
+        )
+        first = asyncio.create_task(batch.submit([rows_of(1, 0)]))
+        await asyncio.sleep(0.05)  # the first pass is running
+        early = [asyncio.create_task(batch.submit([rows_of(1, s)])) for s in range(1, 3)]
+        await asyncio.sleep(0.1)  # past max_batch_time: the deadline of the queued rows has passed
+        late = [asyncio.create_task(batch.submit([rows_of(1, s)])) for s in range(3, 6)]
+        await asyncio.gather(first, *early, *late)
+        await batch.close()
+
+    asyncio.run(main())
+    assert recorder.batches == ([1, 2, 3] if closes_early else [1, 5])
+
+
 def test_a_request_over_max_batch_size_runs_alone_and_whole() -> None:
     model, run = mlp_run()
     recorder = Recorder(run)
