@@ -41,7 +41,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tiny", action="store_true", help="tiny models (same architectures): a CPU smoke")
     p.add_argument("--models", default="resnet50,bert")
     p.add_argument("--formats", default="pickle,pt2")
-    p.add_argument("--dtypes", default=f"fp32,{HALF}", help=f"{HALF} is served as bfloat16 on a CPU")
+    p.add_argument("--dtypes", default=f"fp32,{HALF}")
+    p.add_argument(
+        "--half", default="float16", choices=("float16", "bfloat16"), help=f"the dtype {HALF} uses"
+    )
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--servers", default="ours,peer,floor")
     p.add_argument("--ours", default="batched,unbatched")
@@ -211,9 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     cpus = bench.split_cpus(args)
     args.server_cpus_used, args.client_cpus_used = cpus[0] or "all", cpus[1] or "all"
     configs = bench.server_configs(args)
-    notes = (
-        [] if on_gpu else [f"No CUDA: device {device}; {HALF} is served as bfloat16 (MLServer has no BF16)."]
-    )
+    notes = [] if on_gpu else [f"No CUDA: device {device}."]
+    if args.half != "float16":
+        notes.append(f"{HALF} rows are served as {args.half} (--half); BF16 replies come back as FP32.")
     if args.tiny:
         notes.append("Tiny models: a smoke test of the pipeline, not a measurement of the real models.")
     runs: list[dict[str, Any]] = []
@@ -226,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         for fmt in args.formats:
             path = models.save(spec, args.work / "models", force=True, fmt=fmt)  # never a stale model
             for dtype in args.dtypes:
-                setting = {"fp32": "keep", HALF: "float16" if on_gpu else "bfloat16"}[dtype]
+                setting = {"fp32": "keep", HALF: args.half}[dtype]
                 name, raw_dir = f"{key}-{fmt}-{dtype}", args.work / "raw" / f"{key}-{fmt}-{dtype}"
                 print(f"[gpu] {name}: raw forward on {device}", flush=True)
                 try:

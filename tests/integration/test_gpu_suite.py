@@ -1,7 +1,8 @@
 """The GPU suite (benchmarks/gpu.py) end to end on CPU, with tiny models: the pipeline CI can run.
 
-It saves the tiny BERT-class encoder as pt2, measures its raw forward, serves it with ours batching on and
-off, drives both over gRPC and writes the report. Figures from a shared CPU mean nothing; what is checked
+It saves the tiny BERT-class encoder as pt2, measures its raw forward in FP16 (CPU kernels exist for it, so
+the FP16 path of a GPU run, FP16 replies included, is the one exercised), serves it with ours batching on
+and off, drives both over gRPC and writes the report. Figures from a shared CPU mean nothing; what is checked
 is that every goal row is there with a number (the peer's is absent: no peer venv in CI), that every reply
 was checked and right, and that the check would catch a mixed-up reply.
 """
@@ -23,14 +24,14 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from loadgen import check  # noqa: E402
 
-MODEL = "bert-pt2-fp32"
+MODEL = "bert-pt2-fp16"
 
 
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str, Path]:
     out = tmp_path_factory.mktemp("gpu-suite")
     cmd = [sys.executable, str(REPO / "benchmarks" / "gpu.py"), "--tiny", "--models", "bert"]
-    cmd += ["--formats", "pt2", "--dtypes", "fp32", "--servers", "ours", "--concurrency", "1,4"]
+    cmd += ["--formats", "pt2", "--dtypes", "fp16", "--servers", "ours", "--concurrency", "1,4"]
     cmd += ["--duration", "1", "--warmup", "0.3", "--raw-seconds", "0.1", "--ours-batch", "8,0.002"]
     cmd += ["--out", str(out), "--work", str(out / "work"), "--tag", "smoke"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -63,12 +64,14 @@ def test_every_reply_was_checked_and_right(suite: tuple[dict[str, Any], str, Pat
 
 
 def test_the_check_catches_another_inputs_answer(suite: tuple[dict[str, Any], str, Path]) -> None:
-    """The tolerance the suite uses for FP32 (gpu.TOLERANCES) still tells two inputs' answers apart."""
+    """The suite's FP16 tolerance (gpu.TOLERANCES) still tells two inputs' answers apart."""
     _, _, work = suite
     from gpu import TOLERANCES
 
     with np.load(work / "raw" / MODEL / "references.npz") as refs:
         first, second = refs["1:100000"], refs["1:101000"]  # worker 0's and worker 1's first inputs
-    assert check(first, first.shape, first, TOLERANCES["fp32"]) is None
-    assert "values differ" in str(check(second, first.shape, first, TOLERANCES["fp32"]))
-    assert "values differ" in str(check(first + 0.05, first.shape, first, TOLERANCES["fp32"]))
+    tolerance = TOLERANCES["fp16"]
+    assert first.dtype == np.float16
+    assert check(first, first.shape, first, tolerance) is None
+    assert "values differ" in str(check(second, first.shape, first, tolerance))
+    assert "values differ" in str(check(first + np.float16(0.1), first.shape, first, tolerance))
