@@ -135,10 +135,10 @@ def limits(
             verdict = "the client (its cores are saturated): the figure is a lower bound"
         elif busy >= 0.8:
             verdict = f"the forward pass (the device thread is ~{busy:.0%} busy)"
+        elif on["server_cpu"] >= 0.9 and not args.device.startswith("cuda"):
+            verdict = "the server's cores (on a CPU the forward pass and the Python share them)"
         elif on["server_cpu"] >= 0.9:
-            verdict = (
-                "the server's Python (one event loop: gRPC, MLServer, codec, batcher); see the cProfile table"
-            )
+            verdict = "the server's Python (one event loop: gRPC, MLServer, codec, batcher; see --profile)"
         else:
             verdict = "neither side saturated: waiting (batching window, round trips)"
         out.append(
