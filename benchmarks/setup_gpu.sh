@@ -8,12 +8,15 @@
 #                                                  # that ships one): its site-packages go on the venvs'
 #                                                  # path (a .pth; works when python3 is itself a venv)
 #   WHEELHOUSE=DIR bash benchmarks/setup_gpu.sh    # no internet: install only from DIR (pip --no-index)
+#   PEER_VENV=.venv bash benchmarks/setup_gpu.sh   # one venv for both (half the installs; both servers
+#                                                  # are MLServer 1.7.1): then gpu.py --peer-venv .venv
 #   bash benchmarks/setup_gpu.sh download DIR      # on a connected x86_64 Linux machine: fill DIR with the
 #                                                  # wheels the two venvs need, torch left out (TARGET_PY,
 #                                                  # e.g. 3.12: the GPU machine's Python; default this one's)
 #
-# Not run on a GPU machine yet (none was lent when it was written): check its output there. A wheelhouse
-# for a machine without internet is a few hundred MB (mlserver-mlflow needs the full mlflow); carry it.
+# Not run on a GPU machine yet (none was lent when it was written): check its output there. The wheelhouse
+# holds every dependency (mlserver-mlflow needs the full mlflow): over 64 MiB is likely; where that is too
+# much to carry, fetch with --no-deps only what the GPU machine's image lacks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
