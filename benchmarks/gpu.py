@@ -83,7 +83,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         a.preferred = [int(v) for v in a.preferred.split(",") if v.isdigit()]
     if a.peer_venv:
         bench.PEER_VENV = a.peer_venv.resolve()
-    a.quick = False  # run.py's helpers read it
+    for key, allowed in (
+        ("models", ("resnet50", "bert")),
+        ("formats", ("pickle", "pt2")),
+        ("dtypes", TOLERANCES),
+    ):
+        if not set(getattr(a, key)) <= set(allowed):
+            p.error(f"--{key} takes {', '.join(allowed)}")
     return a
 
 
