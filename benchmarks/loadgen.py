@@ -130,10 +130,17 @@ def check(
 # ---------------------------------------------------------------------------------------------- asyncio
 
 
+def triton_dtype(array: np.ndarray) -> str:
+    """The V2 datatype of a numpy array (FP32, INT64, FP16, ...)."""
+    from tritonclient.utils import np_to_triton_dtype
+
+    return str(np_to_triton_dtype(array.dtype))
+
+
 def _make_inputs(job: Job, module: Any, w: int) -> list[Any]:
     pool = []
     for array in job.inputs[w]:
-        inp = module.InferInput(job.input_name, list(array.shape), "FP32")
+        inp = module.InferInput(job.input_name, list(array.shape), triton_dtype(array))
         if job.protocol == "rest":
             inp.set_data_from_numpy(array, binary_data=False)  # MLServer has no binary extension
         else:

@@ -67,9 +67,10 @@ class Spec:
     name: str
     cls: type[nn.Module]
     row_shape: tuple[int, ...]  # one row, without the batch dimension
+    seed: int = SEED
 
     def build(self) -> nn.Module:
-        torch.manual_seed(SEED)
+        torch.manual_seed(self.seed)
         return self.cls().eval()
 
     def inputs(self, rows: int, seed: int) -> np.ndarray:
@@ -77,8 +78,8 @@ class Spec:
         rng = np.random.default_rng(seed)
         return rng.standard_normal((rows, *self.row_shape), dtype=np.float32)
 
-    def path(self, root: Path = DEFAULT_DIR) -> Path:
-        return root / self.name
+    def path(self, root: Path = DEFAULT_DIR, fmt: str = "pickle") -> Path:
+        return root / (self.name if fmt == "pickle" else f"{self.name}-{fmt}")
 
 
 SPECS: dict[str, Spec] = {
@@ -93,12 +94,15 @@ def forward(model: nn.Module, array: np.ndarray) -> np.ndarray:
         return model(torch.from_numpy(array)).numpy()
 
 
-def save(spec: Spec, root: Path = DEFAULT_DIR, force: bool = False) -> Path:
-    """Saves `spec` under root/<name> unless it is already there (same seed, same weights)."""
+def save(spec: Spec, root: Path = DEFAULT_DIR, force: bool = False, fmt: str = "pickle") -> Path:
+    """Saves `spec` under root/<name>[-<fmt>] unless it is already there (same seed, same weights).
+
+    `fmt` "pt2" exports with the 2-row example, so that the batch dimension stays dynamic (FACTS §1).
+    """
     import mlflow.pytorch
     from mlflow.models import infer_signature
 
-    path = spec.path(root)
+    path = spec.path(root, fmt)
     marker = path / "MLmodel"
     if marker.exists() and not force:
         return path
@@ -113,7 +117,7 @@ def save(spec: Spec, root: Path = DEFAULT_DIR, force: bool = False) -> Path:
     mlflow.pytorch.save_model(
         model,
         str(path),
-        serialization_format="pickle",
+        serialization_format=fmt,
         signature=signature,
         input_example=example,
         # Given, so that MLflow does not spend ~15 s inferring them in a subprocess.

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,7 +37,7 @@ WORK = HERE / ".work"
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 
-from loadgen import Job, run_job  # noqa: E402
+from loadgen import Job, run_job, triton_dtype  # noqa: E402
 
 
 def _import_server() -> Any:
@@ -57,10 +58,17 @@ else:
     Server = _import_server()
 
 PROJECT_MLSERVER = str(Path(sys.executable).with_name("mlserver"))
-PEER_VENV = WORK / "peer-venv"
+# BENCH_PEER_VENV: a peer venv built elsewhere (e.g. by another checkout's setup_peer.sh)
+PEER_VENV = Path(os.environ.get("BENCH_PEER_VENV") or WORK / "peer-venv")
 PA_VENV = WORK / "pa-venv"
 POOL = 4  # distinct inputs per worker
 TOLERANCE = 1e-4
+PROBE_SEED = 999  # the input of the probe requests
+
+
+def pool_seed(worker: int, k: int) -> int:
+    """The seed of worker `worker`'s k-th input: every input a load sends is known in advance."""
+    return 100_000 + 1_000 * worker + k
 
 
 # ------------------------------------------------------------------------------------------------ configs
@@ -153,9 +161,18 @@ def split_cpus(args: argparse.Namespace) -> tuple[list[int] | None, list[list[in
 class PinnedServer(Server):
     """tests.server.Server, started with a given `mlserver` executable and pinned to `cpus`."""
 
-    def __init__(self, models_dir: Path, mlserver: str, cpus: list[int] | None, env: dict[str, str]) -> None:
-        super().__init__(models_dir)
+    def __init__(
+        self,
+        models_dir: Path,
+        mlserver: str,
+        cpus: list[int] | None,
+        env: dict[str, str],
+        prefix: tuple[str, ...] = (),
+        **settings: Any,
+    ) -> None:
+        super().__init__(models_dir, **settings)
         self.mlserver = mlserver
+        self.prefix = prefix  # e.g. (python, -m, cProfile, -o, FILE): run `mlserver` under a profiler
         self.cpus = cpus
         # No MLSERVER_* from the caller's shell: every server gets exactly the settings written here.
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("MLSERVER")}
@@ -171,7 +188,7 @@ class PinnedServer(Server):
                 os.sched_setaffinity(0, cpus)
 
         self.proc = subprocess.Popen(
-            [self.mlserver, "start", str(self.dir)],
+            [*self.prefix, self.mlserver, "start", str(self.dir)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=self.env,
@@ -198,8 +215,16 @@ class PinnedServer(Server):
 
 
 def start_server(
-    cfg: ServerConfig, model: str, model_path: Path, server_cpus: list[int] | None, row_shape: tuple[int, ...]
+    cfg: ServerConfig,
+    model: str,
+    model_path: Path,
+    server_cpus: list[int] | None,
+    row_shape: tuple[int, ...],
+    extra: dict[str, Any] | None = None,
+    prefix: tuple[str, ...] = (),
+    **server_settings: Any,
 ) -> PinnedServer:
+    """`extra`: our runtime's settings (default: device cpu); `server_settings`: settings.json fields."""
     folder = WORK / "servers" / f"{model}-{cfg.key}"
     shutil.rmtree(folder, ignore_errors=True)
     (folder / model).mkdir(parents=True)
@@ -207,7 +232,7 @@ def start_server(
     if cfg.group != "floor":
         settings["parameters"] = {"uri": str(model_path)}
     if cfg.group == "ours":
-        settings["parameters"]["extra"] = {"device": "cpu"}
+        settings["parameters"]["extra"] = extra if extra is not None else {"device": "cpu"}
     if cfg.group == "floor":  # metadata only (the floor never reads it): names for its config endpoint
         settings["inputs"] = [{"name": "input-0", "datatype": "FP32", "shape": [-1, *row_shape]}]
         settings["outputs"] = [{"name": "output-0", "datatype": "FP32", "shape": [-1, 10]}]
@@ -228,7 +253,7 @@ def start_server(
     if not Path(mlserver).exists():
         hint = " (run benchmarks/setup_peer.sh)" if cfg.group == "peer" else ""
         raise RuntimeError(f"{mlserver} not found{hint}")
-    server = PinnedServer(folder, mlserver, server_cpus, env).start()
+    server = PinnedServer(folder, mlserver, server_cpus, env, prefix, **server_settings).start()
     try:
         server.wait_ready([model], timeout=300)
     except Exception:
@@ -259,6 +284,7 @@ def probe(
     reference: Any,
     protocols: list[str],
     rows_list: list[int],
+    tolerance: float = TOLERANCE,
 ) -> Interface:
     status, meta = server.get(f"/v2/models/{model}")
     if status != 200 or not isinstance(meta, dict):
@@ -278,7 +304,7 @@ def probe(
 
     for protocol in protocols:
         for rows in rows_list:
-            array = spec.inputs(rows, seed=999)
+            array = spec.inputs(rows, seed=PROBE_SEED)
             names, out = _one_request(server, protocol, model, input_name, array, httpclient, grpcclient)
             iface.reply_outputs.setdefault(protocol, names)
             if len(names) != 1:
@@ -286,7 +312,7 @@ def probe(
             if cfg.group != "floor":
                 expected = reference(array)
                 if out.shape != expected.shape or not np.allclose(
-                    out, expected, rtol=TOLERANCE, atol=TOLERANCE
+                    out, expected, rtol=tolerance, atol=tolerance
                 ):
                     raise RuntimeError(f"{protocol}, {rows} rows: the probe reply does not match the forward")
             elif out.shape != (rows, 10):
@@ -303,7 +329,7 @@ def probe(
                     {
                         "name": name,
                         "shape": list(array.shape),
-                        "datatype": "FP32",
+                        "datatype": triton_dtype(array),
                         "data": array.ravel().tolist(),
                     }
                 ]
@@ -329,13 +355,13 @@ def _one_request(
 ) -> tuple[list[str], np.ndarray]:
     if protocol == "rest":
         client = httpclient.InferenceServerClient(server.http)
-        inp = httpclient.InferInput(input_name, list(array.shape), "FP32")
+        inp = httpclient.InferInput(input_name, list(array.shape), triton_dtype(array))
         inp.set_data_from_numpy(array, binary_data=False)
         result = client.infer(model, [inp], headers={"Content-Type": "application/json"})
         names = [o["name"] for o in result.get_response()["outputs"]]
     else:
         client = grpcclient.InferenceServerClient(server.grpc)
-        inp = grpcclient.InferInput(input_name, list(array.shape), "FP32")
+        inp = grpcclient.InferInput(input_name, list(array.shape), triton_dtype(array))
         inp.set_data_from_numpy(array)
         result = client.infer(model, [inp], client_timeout=60)
         names = [o.name for o in result.get_response().outputs]
@@ -385,7 +411,11 @@ def measure(
     reference: Any | None,
     args: argparse.Namespace,
     client_cpus: list[list[int]] | None,
+    tolerance: float = TOLERANCE,
+    on_window: Callable[[str], None] | None = None,
 ) -> Point:
+    """One closed-loop point. `on_window("start")` / `("end")` run at the window's edges (e.g. to read
+    the server's metrics); replies are checked against `reference`, whose shapes they must have."""
     ctx = mp.get_context("spawn")
     procs_n = max(1, min(args.client_procs, point.concurrency))
     shares = [list(range(point.concurrency))[i::procs_n] for i in range(procs_n)]
@@ -395,7 +425,7 @@ def measure(
     window = ctx.Array("d", 2)
     procs = []
     for i, share in enumerate(shares):
-        inputs = [[spec.inputs(point.rows, seed=100_000 + 1_000 * w + k) for k in range(POOL)] for w in share]
+        inputs = [[spec.inputs(point.rows, seed=pool_seed(w, k)) for k in range(POOL)] for w in share]
         expected = [[reference(a) for a in pool] for pool in inputs] if reference is not None else None
         job = Job(
             protocol=point.protocol,
@@ -406,8 +436,8 @@ def measure(
             workers=len(share),
             inputs=inputs,
             expected=expected,
-            out_shape=[(point.rows, 10)] * POOL,
-            tolerance=TOLERANCE,
+            out_shape=[e.shape for e in expected[0]] if expected else [(point.rows, 10)] * POOL,
+            tolerance=tolerance,
             cpus=client_cpus[i] if client_cpus else None,
             mode=args.client_mode,
         )
@@ -422,9 +452,13 @@ def measure(
     window[0], window[1] = t_start, t_start + args.duration
     go.set()
     time.sleep(max(t_start - time.perf_counter(), 0))
+    if on_window:
+        on_window("start")
     cpu0, wall0 = server.cpu_seconds(), time.perf_counter()
     time.sleep(max(window[1] - time.perf_counter(), 0))
     point.server_cpu = (server.cpu_seconds() - cpu0) / (time.perf_counter() - wall0)
+    if on_window:
+        on_window("end")
     point.duration = args.duration
 
     results: list[dict[str, Any]] = []

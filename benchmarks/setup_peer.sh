@@ -8,13 +8,16 @@
 # bare `torch` requirement pulled in later by a dependency could fetch a multi-GB CUDA build.
 # uvloop<0.22 and pandas<3: see shared/FACTS.md §3 (uvloop 0.22+ breaks MLServer's workers,
 # pandas 3 breaks its PandasCodec).
+# On a GPU machine (benchmarks/setup_gpu.sh): PEER_CUDA=1 accepts a CUDA build of torch, TORCH_SPEC
+# replaces the torch requirement and PEER_TORCH the version checked (e.g. an image's own CUDA torch).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 VENV="${1:-$HERE/.work/peer-venv}"
 PYTHON="${PYTHON:-python3}"
 
-TORCH="torch==2.13.0"
+TORCH="${TORCH_SPEC:-torch==2.13.0}"
+export PEER_CUDA="${PEER_CUDA:-0}" PEER_TORCH="${PEER_TORCH:-2.13.0}"
 PEER=("mlserver==1.7.1" "mlserver-mlflow==1.7.1" "uvloop<0.22" "pandas<3")
 
 if [ ! -x "$VENV/bin/python" ]; then
@@ -34,7 +37,7 @@ sys.exit(0 if version(sys.argv[1]).startswith(sys.argv[2]) else 1)
 PY
 }
 
-if have torch 2.13.0; then echo "torch 2.13.0 already there"; else
+if have torch "$PEER_TORCH"; then echo "torch $PEER_TORCH already there"; else
   echo "installing $TORCH (first, so nothing later pulls a CUDA build)"
   "${PIP[@]}" "$TORCH" 2>&1 | quiet
 fi
@@ -50,10 +53,13 @@ fi
 
 # Fail loudly if the resolver swapped torch for another build, or the peer does not import.
 "$VENV/bin/python" - <<'PY'
-import importlib.metadata as md
+import importlib.metadata as md, os
 import torch, mlserver, mlserver_mlflow, mlflow, uvloop, pandas  # noqa: F401
-assert torch.__version__.startswith("2.13.0"), torch.__version__
-assert not torch.version.cuda, f"a CUDA build of torch was installed ({torch.version.cuda})"
+assert torch.__version__.startswith(os.environ["PEER_TORCH"]), torch.__version__
+if os.environ["PEER_CUDA"] == "1":
+    assert torch.version.cuda, "PEER_CUDA=1 but this torch is a CPU build"
+else:
+    assert not torch.version.cuda, f"a CUDA build of torch was installed ({torch.version.cuda})"
 print("peer venv ok:", ", ".join(f"{p} {md.version(p)}" for p in
       ("mlserver", "mlserver-mlflow", "mlflow", "torch", "uvloop", "pandas", "numpy")))
 PY
