@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from typing import Any
 
 import numpy as np
@@ -15,12 +14,6 @@ from .errors import ModelExecutionError
 from .signature import Interface
 
 logger = logging.getLogger("mlserver.torchflow")
-
-
-def share_the_interpreter(switch_interval: float) -> None:
-    """Let the executor thread get the GIL back quickly between torch ops (process-wide, idempotent)."""
-    if switch_interval > 0 and sys.getswitchinterval() != switch_interval:
-        sys.setswitchinterval(switch_interval)
 
 
 class Predictor:

@@ -24,12 +24,12 @@ from .codec import check_requested, decode_request, encode_outputs
 from .device import describe, memory_in_use, release, resolve_device, target_dtype
 from .errors import ModelExecutionError, ModelLoadError, TorchFlowError
 from .examples import load_example
-from .inference import Predictor, share_the_interpreter
+from .inference import Predictor
 from .layout import MLMODEL, ModelFiles, locate
 from .loading import load_module
 from .metadata import build_metadata, observed_outputs, triton_config
 from .metrics import BatchMetrics
-from .settings import load_settings, server_settings
+from .settings import load_settings
 from .signature import Interface, interface_from_mlmodel
 from .versions import check_versions
 
@@ -77,7 +77,6 @@ class TorchFlowRuntime(MLModel):
         device = resolve_device(self.torchflow.device)
         dtype = target_dtype(self.torchflow.dtype)
         # One thread per model: the forward pass never runs on the event loop.
-        share_the_interpreter(server_settings().switch_interval)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"torchflow-{self.name}")
         loop = asyncio.get_running_loop()
         module, fmt = await loop.run_in_executor(

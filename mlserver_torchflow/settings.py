@@ -121,13 +121,6 @@ class ServerSettings(BaseSettings):
     max_body_bytes: int = 64 * 1024 * 1024
     """REST bodies above this (declared, streamed or gunzipped) get a 413; 0 = no cap."""
 
-    switch_interval: float = Field(default=0.0005, ge=0)
-    """Seconds (`sys.setswitchinterval`) before a thread waiting for the GIL makes the holder drop it.
-
-    The forward pass runs on an executor thread that needs the GIL back after every torch op; with
-    Python's default (5 ms) a busy event loop keeps it waiting that long per op. 0 keeps the default.
-    """
-
 
 @functools.lru_cache(maxsize=1)
 def server_settings() -> ServerSettings:

@@ -228,24 +228,3 @@ def test_gpu_exported_pt2_loads_on_a_cpu_host(tmp_path: Path, mlp: dict[str, Sav
     x = np.random.default_rng(4).random((3, 4), dtype=np.float32)
     np.testing.assert_allclose(predict(model, x), mlp["pt2"].expected(x), rtol=1e-5, atol=1e-6)
 
-
-@pytest.mark.parametrize(("env", "expected"), [(None, 0.0005), ("0.002", 0.002), ("0", None)])
-def test_load_shortens_the_gil_switch_interval(
-    mlp: dict[str, Saved], monkeypatch: pytest.MonkeyPatch, env: str | None, expected: float | None
-) -> None:
-    """The executor thread needs the GIL back after every torch op; 0 leaves Python's own value."""
-    import sys
-
-    from mlserver_torchflow.settings import server_settings
-
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(0.005)
-    if env is not None:
-        monkeypatch.setenv("MLSERVER_TORCHFLOW_SWITCH_INTERVAL", env)
-    server_settings.cache_clear()
-    try:
-        load(mlp["pt2"].path)
-        assert sys.getswitchinterval() == pytest.approx(expected if expected is not None else 0.005)
-    finally:
-        server_settings.cache_clear()
-        sys.setswitchinterval(before)
