@@ -21,6 +21,7 @@ from mlserver.types import InferenceRequest, RequestInput
 from mlserver_torchflow import TorchFlowRuntime
 from mlserver_torchflow.errors import ModelLoadError
 from mlserver_torchflow.loading import Format, sniff_format
+from mlserver_torchflow.replica import Replica
 from tests import builders as b
 from tests.conftest import Saved
 
@@ -36,6 +37,11 @@ def load(uri: Path, **extra: Any) -> TorchFlowRuntime:
     model = runtime(uri, **extra)
     assert asyncio.run(model.load()) is True
     return model
+
+
+def first(model: TorchFlowRuntime) -> Replica:
+    """The model's first (with one device, only) copy."""
+    return model._batcher.replicas[0]
 
 
 def predict(model: TorchFlowRuntime, x: np.ndarray) -> np.ndarray:
