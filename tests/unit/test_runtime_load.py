@@ -26,15 +26,16 @@ from tests import builders as b
 from tests.conftest import Saved
 
 
-def runtime(uri: Path, **extra: Any) -> TorchFlowRuntime:
+def runtime(uri: Path, name: str = "m", **extra: Any) -> TorchFlowRuntime:
     settings = ModelSettings(
-        name="m", implementation=TorchFlowRuntime, parameters=ModelParameters(uri=str(uri), extra=extra)
+        name=name, implementation=TorchFlowRuntime, parameters=ModelParameters(uri=str(uri), extra=extra)
     )
     return TorchFlowRuntime(settings)
 
 
-def load(uri: Path, **extra: Any) -> TorchFlowRuntime:
-    model = runtime(uri, **extra)
+def load(uri: Path, name: str = "m", **extra: Any) -> TorchFlowRuntime:
+    """`name`: a model of its own in the metrics (their children are per model name)."""
+    model = runtime(uri, name, **extra)
     assert asyncio.run(model.load()) is True
     return model
 
