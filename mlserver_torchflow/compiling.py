@@ -2,8 +2,13 @@
 
 The count comes from the backend itself: dynamo calls the backend once per graph it compiles, so a
 backend that counts before delegating sees every compilation and recompilation of this model copy,
-and of no other (each copy has its own backend and `isolate_recompiles`). Global alternatives
+and of no other (a cache entry is only reused by the backend that compiled it). Global alternatives
 (`torch._dynamo.utils.counters`, compile callbacks) cannot tell models apart.
+
+Copies of one model share one code object, hence one dynamo cache and one recompile limit (8 by
+default): the limit is raised with the number of copies, or the fifth copy would run eagerly.
+`isolate_recompiles` would separate them, but in torch 2.13 it races when copies run on several
+threads (spurious recompiles, and hangs, measured here), so it is not used.
 
 The batch dimension is left to dynamo's automatic dynamic shapes: the first warm-up size compiles a
 static graph, the second a graph dynamic in the batch dimension, which then serves every row count
@@ -91,7 +96,10 @@ class NewStepEachCall(torch.nn.Module):
         return self.compiled(*args)
 
 
-def compile_module(module: Any, backend: CountingBackend, source: str) -> torch.nn.Module:
+RECOMPILE_LIMIT_PER_COPY = 8  # torch._dynamo.config.recompile_limit's default
+
+
+def compile_module(module: Any, backend: CountingBackend, source: str, copies: int = 1) -> torch.nn.Module:
     """The compiled module (lazy: graphs are compiled on the first calls, during warm-up)."""
     if isinstance(module, torch.jit.ScriptModule):
         raise ModelLoadError(
@@ -106,8 +114,8 @@ def compile_module(module: Any, backend: CountingBackend, source: str) -> torch.
             "compile: false."
         )
     options: dict[str, Any] = {"backend": backend}
-    if "isolate_recompiles" in inspect.signature(torch.compile).parameters:  # absent from older torch
-        options["isolate_recompiles"] = True  # this copy's recompiles count against its own limit
+    if "recompile_limit" in inspect.signature(torch.compile).parameters:  # absent from older torch
+        options["recompile_limit"] = RECOMPILE_LIMIT_PER_COPY * copies
     compiled = torch.compile(module, **options)
     assert isinstance(compiled, torch.nn.Module)  # torch.compile of a module returns an OptimizedModule
     if backend.mode in CUDA_GRAPH_MODES:

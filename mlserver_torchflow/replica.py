@@ -55,8 +55,10 @@ async def load_replica(
     interface: Interface,
     settings: TorchFlowSettings,
     example: list[np.ndarray] | None,
+    copies: int = 1,
 ) -> Replica:
-    """Load, compile and warm one copy on its own thread; the thread is shut down if a step fails."""
+    """Load, compile and warm one copy (of `copies`) on its own thread; the thread is shut down if a
+    step fails."""
     started = time.monotonic()
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"torchflow-{model}-{label}")
     loop = asyncio.get_running_loop()
@@ -72,7 +74,7 @@ async def load_replica(
         if settings.compile:
             metrics.count_recompiles()
             backend = CountingBackend(settings.compile_backend, settings.compile_mode, metrics.recompiled)
-            module = compile_module(module, backend, str(files.weights))
+            module = compile_module(module, backend, str(files.weights), copies)
         predictor = Predictor(module, device, dtype, interface, precision=settings.precision)
         outputs = None if example is None else await run_example(predictor.run, executor, example, where)
         sizes: tuple[int, ...] = ()

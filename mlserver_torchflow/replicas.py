@@ -93,7 +93,7 @@ async def load_replicas(
     devices = resolve_devices(settings.device, settings.devices)
     results = await asyncio.gather(
         *(
-            load_replica(model, label, device, files, interface, settings, example)
+            load_replica(model, label, device, files, interface, settings, example, len(devices))
             for device, label in zip(devices, labels(devices), strict=True)
         ),
         return_exceptions=True,

@@ -22,7 +22,8 @@ from torch._dynamo.utils import counters
 
 from mlserver_torchflow.errors import ModelLoadError
 from tests.conftest import Saved
-from tests.unit.test_runtime_load import first, load, predict
+from tests.gpu.test_replicas import request
+from tests.unit.test_runtime_load import first, load, predict, runtime
 
 DEVICES = [
     "cpu",
@@ -123,6 +124,42 @@ def test_counter_moves_exactly_when_a_graph_is_compiled_after_ready(
         assert compiled == int(expect_new_graph), f"{n} rows: dynamo compiled {compiled} graph(s)"
         assert recompiles(model_name, device) == count + compiled
     asyncio.run(model.unload())
+
+
+@pytest.mark.parametrize(
+    "devices", [["cpu", "cpu"], pytest.param(["cuda:0", "cuda:0"], marks=DEVICES[1].marks)]
+)
+def test_two_compiled_copies_warm_up_and_serve_concurrently(
+    mlp: dict[str, Saved], devices: list[str]
+) -> None:
+    """Both copies compile on their own threads at once, under autocast (which once deadlocked with
+    dynamo tracing: see precision.py), then serve concurrent requests without recompiling."""
+    model_name = name("copies")
+    model = runtime(
+        mlp["pt2"].path,
+        model_name,
+        devices=devices,
+        compile=True,
+        compile_backend="eager",
+        precision="autocast",
+        dtype="bfloat16",
+        max_batch_size=8,
+        max_batch_time=0.002,
+        preferred_batch_sizes=[2, 4, 6, 8],
+    )
+    inputs = [rows(1 + i % 8, i) for i in range(64)]
+
+    async def serve() -> list[np.ndarray]:
+        assert await model.load() is True
+        replies = await asyncio.gather(*(model.predict(request(x)) for x in inputs))
+        for copy in model._batcher.replicas:
+            assert copy.warmed_sizes == (2, 4, 6, 8)
+            assert recompiles(model_name, copy.label) == 0, f"{copy.label} recompiled"
+        assert await model.unload() is True
+        return [np.asarray(r.outputs[0].data.root, np.float32).reshape(r.outputs[0].shape) for r in replies]
+
+    for x, got in zip(inputs, asyncio.run(serve()), strict=True):
+        np.testing.assert_allclose(got, mlp["pt2"].expected(x), rtol=0.05, atol=0.05)
 
 
 @pytest.mark.parametrize("device", DEVICES)
