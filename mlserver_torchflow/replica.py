@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -31,6 +31,8 @@ logger = logging.getLogger("mlserver.torchflow")
 
 @dataclass(eq=False)
 class Replica:
+    """Everything one copy owns; `outstanding` is what the replica set balances on."""
+
     device: torch.device
     label: str  # the metrics' device label: `cuda:1`, or `cpu#0` / `cpu#1` for copies on one device
     predictor: Predictor
@@ -41,7 +43,7 @@ class Replica:
     example_outputs: Named | None = None
     backend: CountingBackend | None = None
     warmed_sizes: tuple[int, ...] = ()
-    outstanding: int = field(default=0)  # rows submitted and not yet answered (queued or computing)
+    outstanding: int = 0  # rows submitted and not yet answered (queued or computing)
 
     def sample(self, every: float = 1.0) -> None:
         self.metrics.memory(lambda: device_stats(self.device), every=every)

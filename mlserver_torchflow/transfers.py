@@ -40,11 +40,12 @@ class StagingBuffers:
 
 
 class Transfers:
-    """The copies of one model copy on `device`; `pin` is false only where pinning is impossible."""
+    """The copies of one model copy on `device`. `stage` defaults to "not the CPU"; staging on the CPU
+    (unpinned, since pinning needs CUDA) runs the GPU path's logic where no GPU is, for its tests."""
 
-    def __init__(self, device: torch.device, pin: bool = True) -> None:
+    def __init__(self, device: torch.device, pin: bool = True, stage: bool | None = None) -> None:
         self.device = device
-        self.copies = device.type != "cpu"
+        self.copies = device.type != "cpu" if stage is None else stage
         self._inputs = StagingBuffers(pin and self.copies)
         self._outputs = StagingBuffers(pin and self.copies)
 

@@ -65,6 +65,27 @@ def test_cpu_forward_reads_the_request_arrays_in_place() -> None:
     np.testing.assert_array_equal(out, x * 2)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_staged_copies_come_back_owned(device: str) -> None:
+    """The GPU path: on CUDA with pinned buffers; on CPU the same staging, unpinned (`stage=True`)."""
+    transfers = Transfers(torch.device(device), pin=device == "cuda", stage=True)
+    x, ids = torch.rand(5, 4), torch.arange(5)
+    moved = transfers.to_device([x, ids], torch.float16)
+    assert [t.device.type for t in moved] == [device, device]
+    assert moved[0].dtype == torch.float16 and moved[1].dtype == torch.int64
+    torch.testing.assert_close(moved[0].cpu(), x.half())
+    first_back = transfers.to_host([moved[0] * 2, moved[1] + 1], [torch.float32, torch.int64])
+    expected = (x.half() * 2).float()
+    torch.testing.assert_close(first_back[0], expected)
+    torch.testing.assert_close(first_back[1], ids + 1)
+    # The next batch reuses the staging buffers: the first batch's results must not change.
+    again = transfers.to_device([torch.zeros(5, 4), torch.zeros(5, dtype=torch.int64)], torch.float16)
+    transfers.to_host([again[0] - 1, again[1] - 1], [torch.float32, torch.int64])
+    torch.testing.assert_close(first_back[0], expected)
+    torch.testing.assert_close(first_back[1], ids + 1)
+    assert transfers.staged_bytes() >= 5 * 4 * 2 + 5 * 8
+
+
 @ON_CUDA
 def test_cuda_copies_go_through_pinned_staging_and_come_back_owned() -> None:
     transfers = Transfers(torch.device("cuda", 0))
