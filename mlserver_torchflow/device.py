@@ -1,9 +1,10 @@
-"""The only module that touches `torch.cuda`: device choice, precision and memory release."""
+"""The only module that touches `torch.cuda`: device choice, precision, syncs, memory and its stats."""
 
 from __future__ import annotations
 
 import gc
 import os
+from dataclasses import dataclass
 
 import torch
 
@@ -34,6 +35,22 @@ def resolve_device(setting: str) -> torch.device:
             )
         device = torch.device("cuda", index)
     return device
+
+
+def resolve_devices(device: str | None, devices: tuple[str, ...] | None) -> list[torch.device]:
+    """One device per model copy: `devices` (`all` = every visible GPU), else the single `device`."""
+    if devices is None:
+        return [resolve_device(device or "auto")]
+    if devices == ("all",):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ModelLoadError(
+                f"devices `all` was requested but no CUDA device is visible (torch {torch.__version__}, "
+                f"built with CUDA {torch.version.cuda or 'none'}). Run on a GPU node with the GPU image "
+                "and an `nvidia.com/gpu` limit, or list the devices (`cpu` for CPU copies)."
+            )
+        return [torch.device("cuda", i) for i in range(count)]
+    return [resolve_device(d) for d in devices]
 
 
 def target_dtype(setting: str) -> torch.dtype | None:
@@ -78,8 +95,43 @@ def memory_in_use(device: torch.device) -> int:
         return 0
 
 
-def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """On CUDA, copy from pinned host memory without blocking the host thread."""
+def can_pin() -> bool:
+    """Pinned host memory needs a CUDA (or other accelerator) runtime."""
+    return torch.cuda.is_available()
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (copies included); nothing to wait for on CPU."""
     if device.type == "cuda":
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor
+        torch.cuda.current_stream(device).synchronize()
+
+
+@dataclass(frozen=True)
+class DeviceStats:
+    """What the metrics report for one device; None = not measurable here (the sample is omitted)."""
+
+    in_use: int
+    allocated: int | None = None
+    reserved: int | None = None
+    utilization: float | None = None
+
+
+def device_stats(device: torch.device) -> DeviceStats:
+    """Allocator bytes on CUDA (and utilisation where NVML answers); the process's RSS on CPU."""
+    if device.type != "cuda":
+        return DeviceStats(in_use=memory_in_use(device))
+    allocated = int(torch.cuda.memory_allocated(device))
+    return DeviceStats(
+        in_use=allocated,
+        allocated=allocated,
+        reserved=int(torch.cuda.memory_reserved(device)),
+        utilization=_utilization(device),
+    )
+
+
+def _utilization(device: torch.device) -> float | None:
+    """Percent of time a kernel ran, from NVML: needs `pynvml` (nvidia-ml-py), else None."""
+    try:
+        return float(torch.cuda.utilization(device))
+    except Exception:  # no pynvml, no NVML driver library, or MIG/unsupported: omit the sample
+        return None

@@ -9,38 +9,44 @@ import numpy as np
 import torch
 
 from .codec import output_names
-from .device import after_out_of_memory, is_out_of_memory, to_device
+from .device import after_out_of_memory, is_out_of_memory
 from .errors import ModelExecutionError
+from .precision import Precision
 from .signature import Interface
+from .transfers import Transfers
 
 logger = logging.getLogger("mlserver.torchflow")
 
 
 class Predictor:
-    def __init__(self, module: Any, device: torch.device, dtype: torch.dtype | None, interface: Interface):
+    def __init__(
+        self,
+        module: Any,
+        device: torch.device,
+        dtype: torch.dtype | None,
+        interface: Interface,
+        precision: str = "cast",
+    ):
         self.module = module
         self.device = device
         self.interface = interface
+        self.precision = Precision(precision, dtype)
         # Floating inputs follow the weights' precision, whatever float type the client sent.
-        self.float_dtype = dtype or _weights_float_dtype(module)
+        self.float_dtype = self.precision.input_dtype(_weights_float_dtype(module))
+        self.transfers = Transfers(device)
 
     def run(self, arrays: list[np.ndarray]) -> list[tuple[str, np.ndarray]]:
-        # inference_mode is thread-local (FACTS §1): it must be entered on the thread that computes.
+        # inference_mode and autocast are thread-local (FACTS §1): entered on the thread that computes.
         try:
             with torch.inference_mode():
-                tensors = [self._to_device(a) for a in arrays]
-                outputs = self.module(*tensors)
+                tensors = self.transfers.to_device([torch.from_numpy(a) for a in arrays], self.float_dtype)
+                with self.precision.context(self.device):
+                    outputs = self.module(*tensors)
                 return self._collect(outputs)
         except Exception as err:
             if is_out_of_memory(err):
                 after_out_of_memory(self.device)
             raise
-
-    def _to_device(self, array: np.ndarray) -> torch.Tensor:
-        tensor = torch.from_numpy(array)
-        if tensor.is_floating_point() and self.float_dtype is not None:
-            tensor = tensor.to(self.float_dtype)
-        return to_device(tensor, self.device)
 
     def _collect(self, outputs: Any) -> list[tuple[str, np.ndarray]]:
         names = output_names(outputs, self.interface)
@@ -50,21 +56,23 @@ class Predictor:
             values = list(outputs)
         else:
             values = [outputs]
-        return [(name, _to_numpy(name, value)) for name, value in zip(names, values, strict=False)]
+        for name, value in zip(names, values, strict=True):
+            _check_type(name, value)
+        # Every tensor comes back to the host in one go: one sync per batch, not one per output.
+        tensors = [v.detach() for v in values if isinstance(v, torch.Tensor)]
+        hosts = iter(self.transfers.to_host(tensors, [self.precision.output_dtype(t.dtype) for t in tensors]))
+        return [
+            (name, next(hosts).numpy() if isinstance(value, torch.Tensor) else np.asarray(value))
+            for name, value in zip(names, values, strict=True)
+        ]
 
 
-def _to_numpy(name: str, value: Any) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
-        value = value.detach()
-        if value.dtype == torch.bfloat16:  # V2 (and numpy) have no BF16
-            value = value.float()
-        return value.cpu().numpy()
-    if isinstance(value, np.ndarray | int | float | bool):
-        return np.asarray(value)
-    raise ModelExecutionError(
-        f"the model returned {type(value).__name__} for output {name!r}; TorchFlowRuntime serves "
-        "tensors, or tuples, lists and dicts of tensors."
-    )
+def _check_type(name: str, value: Any) -> None:
+    if not isinstance(value, torch.Tensor | np.ndarray | int | float | bool):
+        raise ModelExecutionError(
+            f"the model returned {type(value).__name__} for output {name!r}; TorchFlowRuntime serves "
+            "tensors, or tuples, lists and dicts of tensors."
+        )
 
 
 def _weights_float_dtype(module: Any) -> torch.dtype | None:

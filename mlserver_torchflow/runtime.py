@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from mlserver import MLModel
@@ -19,16 +17,13 @@ from mlserver.types import InferenceRequest, InferenceResponse, MetadataModelRes
 from mlserver.utils import to_absolute_path
 
 from . import grpc_raw, logs, startup
-from .batching import Batcher
 from .codec import check_requested, decode_request, encode_outputs
-from .device import describe, memory_in_use, release, resolve_device, target_dtype
+from .compiling import describe as describe_compile
 from .errors import ModelExecutionError, ModelLoadError, TorchFlowError
 from .examples import load_example
-from .inference import Predictor
 from .layout import MLMODEL, ModelFiles, locate
-from .loading import load_module
 from .metadata import build_metadata, observed_outputs, triton_config
-from .metrics import BatchMetrics
+from .replicas import load_replicas
 from .settings import load_settings
 from .signature import Interface, interface_from_mlmodel
 from .versions import check_versions
@@ -74,54 +69,31 @@ class TorchFlowRuntime(MLModel):
         files = locate(self._model_path())
         interface = _interface(files)
         self._versions = check_versions(files, self.torchflow.strict_versions)
-        device = resolve_device(self.torchflow.device)
-        dtype = target_dtype(self.torchflow.dtype)
-        # One thread per model: the forward pass never runs on the event loop.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"torchflow-{self.name}")
-        loop = asyncio.get_running_loop()
-        module, fmt = await loop.run_in_executor(
-            self._executor, load_module, files, device, dtype, self.torchflow.allow_pickle
-        )
-        self._predictor = Predictor(module, device, dtype, interface)
-
         example = load_example(files, interface) if self.torchflow.warmup else None
-        if example is not None:
-            try:
-                outputs = await loop.run_in_executor(self._executor, self._predictor.run, example)
-            except Exception as err:
-                raise ModelLoadError(
-                    f"the model failed on its own input example in {files.model_dir} on {device}: "
-                    f"{type(err).__name__}: {err}. The model cannot serve its own example; check the "
-                    "device, dtype setting and signature, or set warmup: false to skip this check."
-                ) from err
-            if interface.outputs is None:
-                interface = dataclasses.replace(interface, outputs=observed_outputs(outputs))
-                self._predictor.interface = interface
+        # One copy per device, each with its own executor thread and batcher (replicas.py).
+        self._batcher = await load_replicas(self.name, files, interface, self.torchflow, example)
+        first = self._batcher.replicas[0]
+        if interface.outputs is None and first.example_outputs is not None:
+            interface = dataclasses.replace(interface, outputs=observed_outputs(first.example_outputs))
+            for replica in self._batcher.replicas:
+                replica.predictor.interface = interface
         self._interface = interface
-        self._device = device
-        self._metrics = BatchMetrics(self.name, str(device))
-        self._metrics.memory(lambda: memory_in_use(device), every=0)
-        self._batcher = Batcher(
-            self._predictor.run,
-            self._executor,
-            self.torchflow.batch_config(),
-            self._metrics,
-            device_type=device.type,
-        )
         self._facts = {
-            "format": fmt.value,
-            "device": describe(device),
+            "format": first.format.value,
+            "device": self._batcher.describe(),
             "dtype": self.torchflow.dtype,
+            "precision": self.torchflow.precision,
+            "compile": describe_compile(first.backend, first.warmed_sizes) if first.backend else "off",
             "weights": str(files.weights),
             "warmed_up": str(example is not None).lower(),
         }
         logger.info(
             "loaded model %s (%s, %s) from %s on %s in %.2fs",
             self.name,
-            fmt.value,
+            first.format.value,
             self.torchflow.dtype,
             files.weights,
-            describe(device),
+            self._batcher.describe(),
             time.monotonic() - started,
         )
         return True
@@ -193,8 +165,6 @@ class TorchFlowRuntime(MLModel):
             raise ModelExecutionError(
                 f"model {self.name!r} failed on this request: {type(err).__name__}: {line}"
             ) from err
-        finally:
-            self._metrics.memory(lambda: memory_in_use(self._device))
         # Built from checked parts: skip pydantic's second validation on the hot path.
         return InferenceResponse.model_construct(
             model_name=self.name,
@@ -214,18 +184,11 @@ class TorchFlowRuntime(MLModel):
         """Also called after a failed load, so every attribute may be missing."""
         started = time.monotonic()
         grpc_raw.unregister(self.name)
-        batcher = self.__dict__.pop("_batcher", None)
-        if batcher is not None:
-            await batcher.close()
-        executor = getattr(self, "_executor", None)
-        if executor is not None:
-            executor.shutdown(wait=True)
-        # Every holder of the module goes (the batcher holds the predictor's bound `run`), so that
-        # release() finds it unreferenced even while MLServer still holds this object.
-        self.__dict__.pop("_predictor", None)
-        del batcher
-        if hasattr(self, "_device"):
-            release(self._device)
+        # Every copy's batcher, thread and module go, then each device's memory is released, even
+        # while MLServer still holds this object.
+        replicas = self.__dict__.pop("_batcher", None)
+        if replicas is not None:
+            await replicas.close()
         logger.info("unloaded model %s in %.2fs", self.name, time.monotonic() - started)
         return True
 

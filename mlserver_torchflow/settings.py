@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import functools
+import json
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .batching import BatchConfig
 from .errors import ModelLoadError
@@ -15,6 +16,8 @@ from .limits import DEFAULT_MAX_ELEMENTS, DEFAULT_MAX_ROWS, RequestLimits
 
 ENV_PREFIX = "MLSERVER_MODEL_TORCHFLOW_"
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+_REPLICA_DEVICE = re.compile(r"^(cpu|cuda|cuda:\d+)$")
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 
 
 class TorchFlowSettings(BaseSettings):
@@ -22,11 +25,26 @@ class TorchFlowSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
 
-    device: str = "auto"
-    """`auto` (CUDA when present, else CPU), `cpu`, `cuda` or `cuda:N`."""
+    device: str | None = None
+    """`auto` (CUDA when present, else CPU), `cpu`, `cuda` or `cuda:N`. Unset (and no `devices`): auto."""
+
+    devices: Annotated[tuple[str, ...] | None, NoDecode] = None
+    """One model copy per entry (`cpu`, `cuda:N` or N), or `all` CUDA devices; excludes `device`."""
 
     dtype: Literal["keep", "float16", "bfloat16"] = "keep"
-    """Cast floating weights (and floating inputs) to this precision after loading."""
+    """Reduced precision to compute in; `precision` says how."""
+
+    precision: Literal["cast", "autocast"] = "cast"
+    """`cast`: weights and floating inputs become `dtype`. `autocast`: fp32 weights, torch.autocast."""
+
+    compile: bool = False
+    """torch.compile the loaded module, and compile every warm-up batch size before reporting ready."""
+
+    compile_mode: CompileMode = "default"
+    """torch.compile's mode (inductor only); the CUDA-graph modes fall back to plain kernels on CPU."""
+
+    compile_backend: Literal["inductor", "aot_eager", "eager"] = "inductor"
+    """torch.compile's backend: `eager` / `aot_eager` trace without generating code (for debugging)."""
 
     strict_versions: bool = False
     """Turn a torch / mlflow / Python major.minor mismatch with the saved model into a load error."""
@@ -90,17 +108,72 @@ class TorchFlowSettings(BaseSettings):
 
     @field_validator("device")
     @classmethod
-    def _check_device(cls, value: str) -> str:
+    def _check_device(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         value = value.strip().lower()
         if not _DEVICE.match(value):
             raise ValueError(f"expected auto, cpu, cuda or cuda:N, got {value!r}")
         return value
 
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _check_devices(cls, value: Any) -> tuple[str, ...] | None:
+        """A list (`["cpu", "cpu"]`, `[0, 1]`), `all`, or, from the environment, `0,1` or a JSON list."""
+        if value is None:
+            return None
+        if isinstance(value, str):
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else [v for v in text.split(",") if v.strip()]
+        if isinstance(value, int | str):
+            value = [value]
+        entries = [_replica_device(v) for v in value]
+        if not entries:
+            raise ValueError("expected at least one device, got an empty list")
+        if "all" in entries and len(entries) > 1:
+            raise ValueError(f"`all` stands alone (every visible CUDA device), got {entries}")
+        return tuple(entries)
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> TorchFlowSettings:
+        if self.device is not None and self.devices is not None:
+            raise ValueError(
+                f"both device ({self.device!r}) and devices ({list(self.devices)}) are set; they are "
+                "alternatives: keep `device` for one copy, or `devices` for one copy per entry"
+            )
+        if self.precision == "autocast" and self.dtype == "keep":
+            raise ValueError("precision `autocast` needs dtype float16 or bfloat16, got dtype `keep`")
+        if self.compile and self.compile_mode != "default" and self.compile_backend != "inductor":
+            raise ValueError(
+                f"compile_mode {self.compile_mode!r} is an inductor mode, but compile_backend is "
+                f"{self.compile_backend!r}; use compile_backend `inductor` or compile_mode `default`"
+            )
+        return self
+
+
+def _replica_device(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"expected a device name or a CUDA index, got {value!r}")
+    text = str(value).strip().lower()
+    if text.isdigit():
+        return f"cuda:{int(text)}"
+    if text == "all" or _REPLICA_DEVICE.match(text):
+        return text
+    raise ValueError(f"expected cpu, cuda, cuda:N, a CUDA index N or `all`, got {text!r}")
+
 
 def load_settings(extra: dict[str, Any] | None) -> TorchFlowSettings:
-    """Build the settings once per model; a bad value fails the load with the key that is wrong."""
+    """Build the settings once per model; a bad value fails the load with the key that is wrong.
+
+    `parameters.extra` wins over the environment, also across `device` / `devices`: naming one of
+    them in `extra` sets the other to unset, so a runtime-wide env var does not clash with it.
+    """
+    kwargs = dict(extra or {})
+    for one, other in (("device", "devices"), ("devices", "device")):
+        if one in kwargs and other not in kwargs:
+            kwargs[other] = None
     try:
-        settings = TorchFlowSettings(**(extra or {}))
+        settings = TorchFlowSettings(**kwargs)
     except ValidationError as err:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in err.errors()

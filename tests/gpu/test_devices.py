@@ -12,7 +12,7 @@ import torch
 
 from tests import builders as b
 from tests.conftest import Saved
-from tests.unit.test_runtime_load import load, predict
+from tests.unit.test_runtime_load import first, load, predict
 
 DEVICES = [
     "cpu",
@@ -26,8 +26,8 @@ def test_loads_onto_the_device_and_matches_the_reference(
     mlp: dict[str, Saved], fmt: str, device: str
 ) -> None:
     model = load(mlp[fmt].path, device=device)
-    first = next(p for p in model._predictor.module.parameters())
-    assert first.device.type == device
+    weight = next(p for p in first(model).predictor.module.parameters())
+    assert weight.device.type == device
     x = np.random.default_rng(0).random((16, 4), dtype=np.float32)
     np.testing.assert_allclose(predict(model, x), mlp[fmt].expected(x), rtol=1e-4, atol=1e-5)
 
@@ -35,15 +35,15 @@ def test_loads_onto_the_device_and_matches_the_reference(
 @pytest.mark.parametrize("device", DEVICES)
 def test_auto_picks_cuda_when_present(mlp: dict[str, Saved], device: str) -> None:
     model = load(mlp["pt2"].path, device="auto")
-    assert model._device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert first(model).device.type == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_weights_are_cast(mlp: dict[str, Saved], device: str, dtype: str) -> None:
     model = load(mlp["pickle"].path, device=device, dtype=dtype)
-    assert {p.dtype for p in model._predictor.module.parameters()} == {getattr(torch, dtype)}
-    assert model._predictor.float_dtype == getattr(torch, dtype)
+    assert {p.dtype for p in first(model).predictor.module.parameters()} == {getattr(torch, dtype)}
+    assert first(model).predictor.float_dtype == getattr(torch, dtype)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -55,5 +55,5 @@ def test_unload_returns_device_memory(mlp: dict[str, Saved], device: str) -> Non
     model = load(mlp["pt2"].path, device=device)
     assert in_use() > baseline or device == "cpu"
     assert asyncio.run(model.unload()) is True
-    assert not hasattr(model, "_predictor")
+    assert not hasattr(model, "_batcher")
     assert in_use() == baseline

@@ -13,7 +13,7 @@ import torch
 
 from tests import builders as b
 from tests.conftest import Saved
-from tests.unit.test_runtime_load import load, predict
+from tests.unit.test_runtime_load import first, load, predict
 
 DEVICES = [
     "cpu",
@@ -36,7 +36,7 @@ def test_unloaded_models_are_freed_every_cycle(mlp: dict[str, Saved], fmt: str, 
     for cycle in range(CYCLES):
         model = load(mlp[fmt].path, device=device)
         np.testing.assert_allclose(predict(model, x), mlp[fmt].expected(x), rtol=1e-4, atol=1e-5)
-        module = weakref.ref(model._predictor.module)
+        module = weakref.ref(first(model).predictor.module)
         assert asyncio.run(model.unload()) is True
         gc.collect()
         # The runtime object may outlive its unload (MLServer holds it until its callbacks finish).

@@ -21,21 +21,28 @@ from mlserver.types import InferenceRequest, RequestInput
 from mlserver_torchflow import TorchFlowRuntime
 from mlserver_torchflow.errors import ModelLoadError
 from mlserver_torchflow.loading import Format, sniff_format
+from mlserver_torchflow.replica import Replica
 from tests import builders as b
 from tests.conftest import Saved
 
 
-def runtime(uri: Path, **extra: Any) -> TorchFlowRuntime:
+def runtime(uri: Path, name: str = "m", **extra: Any) -> TorchFlowRuntime:
     settings = ModelSettings(
-        name="m", implementation=TorchFlowRuntime, parameters=ModelParameters(uri=str(uri), extra=extra)
+        name=name, implementation=TorchFlowRuntime, parameters=ModelParameters(uri=str(uri), extra=extra)
     )
     return TorchFlowRuntime(settings)
 
 
-def load(uri: Path, **extra: Any) -> TorchFlowRuntime:
-    model = runtime(uri, **extra)
+def load(uri: Path, name: str = "m", **extra: Any) -> TorchFlowRuntime:
+    """`name`: a model of its own in the metrics (their children are per model name)."""
+    model = runtime(uri, name, **extra)
     assert asyncio.run(model.load()) is True
     return model
+
+
+def first(model: TorchFlowRuntime) -> Replica:
+    """The model's first (with one device, only) copy."""
+    return model._batcher.replicas[0]
 
 
 def predict(model: TorchFlowRuntime, x: np.ndarray) -> np.ndarray:
