@@ -339,6 +339,8 @@ def test_rest_malformed_json_requests(
 ) -> None:
     model, request = case
     COUNTS["case rest json"] += 1
+    # Again here: something imported by other test modules (torch, hypothesis) may have lowered it since.
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 20_000))
     body = json.dumps(request, allow_nan=True).encode()  # NaN/Infinity tokens are not JSON: a 4xx
     status, answer = post(server, f"/v2/models/{model}/infer", body, {"Content-Type": "application/json"})
     check_rest_answer(models, model, request, status, answer, "rest json")
