@@ -47,18 +47,22 @@ def plain_v2_body(inputs: Any, request_id: Any = "", outputs: Any = None, **_: A
     per request (a conv request of 8 rows is 24,576 numbers).
     """
     key = (tuple(id(i) for i in inputs), request_id)
-    body = _BODIES.get(key)
-    if body is None:
-        doc: dict[str, Any] = {"inputs": [i._get_tensor() for i in inputs]}
-        if request_id:
-            doc["id"] = request_id
-        if outputs:
-            doc["outputs"] = [o._get_tensor() for o in outputs]
-        body = _BODIES[key] = json.dumps(doc).encode()
+    cached = _BODIES.get(key)
+    if cached is not None:
+        return cached[1], None
+    doc: dict[str, Any] = {"inputs": [i._get_tensor() for i in inputs]}
+    if request_id:
+        doc["id"] = request_id
+    if outputs:
+        doc["outputs"] = [o._get_tensor() for o in outputs]
+    body = json.dumps(doc).encode()
+    # The entry keeps its InferInputs alive: a freed one's id() could be reused by a new input (the
+    # benchmark's probe builds throwaway inputs), which would then be sent the old input's body.
+    _BODIES[key] = (tuple(inputs), body)
     return body, None
 
 
-_BODIES: dict[Any, bytes] = {}
+_BODIES: dict[Any, tuple[tuple[Any, ...], bytes]] = {}
 
 
 def patch_tritonclient_http() -> None:
