@@ -5,8 +5,9 @@ peer: FP32 only, it has no dtype setting) and by the floor, and held to the raw 
     python benchmarks/gpu.py                                  # the full suite, on CUDA when present
     python benchmarks/gpu.py --tiny --duration 2 --warmup 1   # the same pipeline, tiny models: a CPU smoke
 
-The servers, the load generator and the probe are run.py's and loadgen.py's; the raw forward runs in
-its own process (gpu_raw.py), the report is gpu_report.py's. See benchmarks/README.md ("GPU suite").
+The servers, the probe, the points and the load generator are servers.py's, probe.py's, measure.py's and
+loadgen.py's; the raw forward runs in its own process (gpu_raw.py), the report is gpu_report.py's. See
+benchmarks/README.md ("GPU suite").
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ import gpu_profile
 import gpu_report
 import models
 import numpy as np
-import run as bench
+import servers
 import torch
-from run import POOL, PROBE_SEED, Point, ServerConfig, pool_seed
+from measure import POOL, Point, measure, pool_seed
+from probe import PROBE_SEED, _first_line, probe
+from servers import HERE, REPO, WORK, ServerConfig, parse_batch, server_configs, split_cpus, start_server
 
 HALF = "fp16"
 TOLERANCES = {"fp32": 5e-3, HALF: 3e-2}  # TF32 convs on GPU and FP16 differ with the batch's shape
@@ -67,22 +70,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--client-mode", choices=("asyncio", "threads"), default="asyncio")
     p.add_argument("--server-cpus", help="cores for the server (default: all but the clients')")
     p.add_argument("--no-pin", action="store_true")
-    p.add_argument("--out", type=Path, default=bench.HERE / "results")
+    p.add_argument("--out", type=Path, default=HERE / "results")
     p.add_argument("--tag")
-    p.add_argument("--work", type=Path, default=bench.WORK / "gpu", help="saved models, raw figures")
+    p.add_argument("--work", type=Path, default=WORK / "gpu", help="saved models, raw figures")
     a = p.parse_args(argv)
     a.scale = "tiny" if a.tiny else "full"
     for key in ("models", "formats", "dtypes", "servers", "ours", "peer", "protocols"):
         setattr(a, key, [v for v in getattr(a, key).split(",") if v])
     a.concurrency = [int(c) for c in a.concurrency.split(",")]
     a.rows = [int(r) for r in a.rows.split(",")]
-    size = bench.parse_batch(a.ours_batch)[0]
+    size = parse_batch(a.ours_batch)[0]
     if a.preferred == "auto":
         a.preferred = [2**i for i in range(size.bit_length()) if 2**i <= size]
     else:
         a.preferred = [int(v) for v in a.preferred.split(",") if v.isdigit()]
     if a.peer_venv:
-        bench.PEER_VENV = a.peer_venv.resolve()
+        servers.PEER_VENV = a.peer_venv.resolve()
     for key, allowed in (
         ("models", ("resnet50", "bert")),
         ("formats", ("pickle", "pt2")),
@@ -115,17 +118,17 @@ def raw_forward(
     args: argparse.Namespace, key: str, path: Path, dtype: str, out: Path, cpus: list[int] | None
 ) -> dict[str, Any]:
     """gpu_raw.py in its own process, with the server's threads and cores."""
-    size = bench.parse_batch(args.ours_batch)[0]
+    size = parse_batch(args.ours_batch)[0]
     batches = sorted({*args.preferred, *(2**i for i in range(size.bit_length())), *args.rows, size})
     seeds = [(r, PROBE_SEED) for r in args.rows]
     seeds += [
         (r, pool_seed(w, k)) for r in args.rows for w in range(max(args.concurrency)) for k in range(POOL)
     ]
-    cmd = [sys.executable, str(bench.HERE / "gpu_raw.py"), "--model", str(path), "--key", key]
+    cmd = [sys.executable, str(HERE / "gpu_raw.py"), "--model", str(path), "--key", key]
     cmd += ["--scale", args.scale, "--device", args.device, "--dtype", dtype, "--out", str(out)]
     cmd += ["--batches", ",".join(map(str, batches)), "--seconds", str(args.raw_seconds)]
     cmd += ["--seeds", ",".join(f"{r}:{s}" for r, s in seeds)] + (["--profile"] if args.profile else [])
-    env = {**os.environ, "PYTHONPATH": str(bench.REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     if cpus:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(len(cpus))
     subprocess.run(
@@ -167,9 +170,9 @@ def serve_and_measure(
     results: list[dict[str, Any]] = []
     big = max(args.rows) * int(np.prod(spec.row_shape)) * 8 > 3 * 2**20  # past gRPC's 4 MiB default
     settings = {"grpc_max_message_length": 256 * 2**20} if big else {}
-    server = bench.start_server(cfg, name, path or Path(), cpus[0], spec.row_shape, extra, (), **settings)
+    server = start_server(cfg, name, path or Path(), cpus[0], spec.row_shape, extra, (), **settings)
     try:
-        iface = bench.probe(server, cfg, name, spec, reference, args.protocols, args.rows, tolerance)
+        iface = probe(server, cfg, name, spec, reference, args.protocols, args.rows, tolerance)
         for proto in args.protocols:
             for rows in args.rows:
                 for conc in args.concurrency:
@@ -179,7 +182,7 @@ def serve_and_measure(
                     def window(edge: str, edges: dict[str, dict[str, float]] = edges) -> None:
                         edges[edge] = batch_stats(server, name)
 
-                    bench.measure(point, server, iface, spec, reference, args, cpus[1], tolerance, window)
+                    measure(point, server, iface, spec, reference, args, cpus[1], tolerance, window)
                     results.append({**asdict(point), **gpu_goals.window_stats(edges, args.duration)})
                     print(gpu_report.point_line(results[-1]), flush=True)
         if args.profile and cfg.key == "ours-batched":
@@ -209,7 +212,7 @@ def serve(args: argparse.Namespace, cfg: ServerConfig, name: str, *rest: Any) ->
         return serve_and_measure(args, cfg, name, *rest)
     except Exception as err:
         print(f"[gpu] {name} {cfg.key} failed: {err}", flush=True)
-        return failed(args, cfg, name, bench._first_line(err))
+        return failed(args, cfg, name, _first_line(err))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -217,9 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     device, on_gpu = args.device, args.device.startswith("cuda")
-    cpus = bench.split_cpus(args)
+    cpus = split_cpus(args)
     args.server_cpus_used, args.client_cpus_used = cpus[0] or "all", cpus[1] or "all"
-    configs = bench.server_configs(args)
+    configs = server_configs(args)
     notes = [] if on_gpu else [f"No CUDA: device {device}."]
     if args.half != "float16":
         notes.append(f"{HALF} rows are served as {args.half} (--half); BF16 replies come back as FP32.")

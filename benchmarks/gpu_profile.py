@@ -40,22 +40,23 @@ def cprofile_window(
     cpus: tuple[list[int] | None, list[list[int]] | None],
 ) -> str:
     """cProfile's top functions (own time) of the server's main thread over one load window."""
-    import run as bench
+    from measure import Point, measure
+    from servers import start_server
 
     stats = args.work / "profile" / f"{name}.prof"
     stats.parent.mkdir(parents=True, exist_ok=True)
     stats.unlink(missing_ok=True)
     prefix = (sys.executable, __file__, str(stats))
-    server = bench.start_server(cfg, name, path or Path(), cpus[0], spec.row_shape, extra, prefix)
+    server = start_server(cfg, name, path or Path(), cpus[0], spec.row_shape, extra, prefix)
 
     def edge(which: str) -> None:
         assert server.proc is not None
         os.kill(server.proc.pid, signal.SIGUSR1 if which == "start" else signal.SIGUSR2)
 
     try:
-        point = bench.Point(name, cfg.key, cfg.group, "grpc", args.rows[0], max(args.concurrency))
+        point = Point(name, cfg.key, cfg.group, "grpc", args.rows[0], max(args.concurrency))
         short = argparse.Namespace(**{**vars(args), "duration": min(args.duration, 5.0), "warmup": 1.0})
-        bench.measure(point, server, iface, spec, reference, short, cpus[1], 1.0, edge)
+        measure(point, server, iface, spec, reference, short, cpus[1], 1.0, edge)
         deadline = time.monotonic() + 30
         while not stats.exists() and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 from gpu_goals import NAN, find, goals, limits, raw_at
-from run import cpu_model, fmt, no_nan
+from report import cpu_model, fmt, no_nan
 
 COLUMNS = (
     "`rows/s`: good replies per second x rows; `mean batch`: rows per forward pass the server ran over "
