@@ -6,16 +6,15 @@ top level); the runtime takes them over so MLServer's generic batcher never wrap
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
-import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from tests.conftest import Saved
+from tests.integration.clients import metric, run_clients
 from tests.server import Server, write_model_settings
 
 BATCHING = {"max_batch_size": 16, "max_batch_time": 0.02}
@@ -37,69 +36,26 @@ def server(
         srv.stop()
 
 
-def _metric(text: str, name: str, **labels: str) -> float:
-    """Sum of the samples of `name` whose labels include `labels`."""
-    total, found = 0.0, False
-    for line in text.splitlines():
-        match = re.match(rf"^{re.escape(name)}(\{{(.*)\}})? ([0-9.e+-]+|NaN)$", line)
-        if match and all(f'{k}="{v}"' in (match.group(2) or "") for k, v in labels.items()):
-            total += float(match.group(3))
-            found = True
-    assert found, f"{name} {labels} not exported"
-    return total
-
-
 def test_concurrent_clients_each_get_their_own_answer(server: Server, mlp: dict[str, Saved]) -> None:
-    errors: list[str] = []
-    done: list[int] = []
+    def check(worker: int, x: np.ndarray, got: np.ndarray) -> str | None:
+        if got.shape != (x.shape[0], 3) or not np.allclose(got, mlp["pt2"].expected(x), rtol=1e-5, atol=1e-5):
+            return f"wrong answer for {x.shape[0]} rows"
+        return None
 
-    def client(worker: int) -> None:
-        try:
-            _client(worker)
-        except BaseException as err:  # a thread's death must fail the test, not vanish
-            errors.append(f"worker {worker} died: {type(err).__name__}: {err}")
-
-    def _client(worker: int) -> None:
-        rng = np.random.default_rng(worker)
-        grpc_side = worker % 2 == 1
-        conn = (
-            grpcclient.InferenceServerClient(server.grpc)
-            if grpc_side
-            else httpclient.InferenceServerClient(server.http)
-        )
-        module = grpcclient if grpc_side else httpclient
-        for _ in range(10):
-            x = rng.random((int(rng.integers(1, 6)), 4), dtype=np.float32)
-            tensor = module.InferInput("input-0", list(x.shape), "FP32")
-            if grpc_side:
-                tensor.set_data_from_numpy(x)
-            else:  # MLServer speaks JSON tensors, not Triton's binary extension
-                tensor.set_data_from_numpy(x, binary_data=False)
-            got = conn.infer("mlp", [tensor]).as_numpy("output-0")
-            done.append(worker)
-            if got.shape != (x.shape[0], 3) or not np.allclose(
-                got, mlp["pt2"].expected(x), rtol=1e-5, atol=1e-5
-            ):
-                errors.append(f"worker {worker}: wrong answer for {x.shape[0]} rows")
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(24)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    errors, done = run_clients(server, "mlp", workers=24, requests=10, max_rows=6, check=check)
     assert not errors, errors[:5]
     assert len(done) == 240, sorted(set(range(24)) - set(done))
     text = server.metrics()
-    batches = _metric(text, "torchflow_batch_rows_count", model="mlp")
-    requests = _metric(text, "torchflow_queue_wait_seconds_count", model="mlp")
+    batches = metric(text, "torchflow_batch_rows_count", model="mlp")
+    requests = metric(text, "torchflow_queue_wait_seconds_count", model="mlp")
     assert requests >= 240
     assert 0 < batches < requests, "requests were never merged into one forward pass"
     # preferred sizes: every executed batch was padded to 4, 8 or 16 rows
-    assert _metric(text, "torchflow_batch_rows_bucket", model="mlp", le="2.0") == 0
-    assert _metric(text, "torchflow_batch_rows_bucket", model="mlp", le="16.0") == batches
-    assert _metric(text, "torchflow_compute_seconds_sum", model="mlp") > 0
-    assert _metric(text, "torchflow_device_memory_bytes", model="mlp", device="cpu") > 10_000_000
-    assert _metric(text, "torchflow_queue_rows", model="mlp") == 0
+    assert metric(text, "torchflow_batch_rows_bucket", model="mlp", le="2.0") == 0
+    assert metric(text, "torchflow_batch_rows_bucket", model="mlp", le="16.0") == batches
+    assert metric(text, "torchflow_compute_seconds_sum", model="mlp") > 0
+    assert metric(text, "torchflow_device_memory_bytes", model="mlp", device="cpu") > 10_000_000
+    assert metric(text, "torchflow_queue_rows", model="mlp") == 0
 
 
 def test_invalid_request_among_valid_ones(server: Server, mlp: dict[str, Saved]) -> None:

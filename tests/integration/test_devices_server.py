@@ -5,16 +5,13 @@ name CUDA devices; that has not been run here (no GPU)."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
-import tritonclient.grpc as grpcclient
-import tritonclient.http as httpclient
 
 from tests.conftest import Saved
-from tests.integration.test_batching_server import _metric
+from tests.integration.clients import metric, run_clients
 from tests.server import Server, write_model_settings
 
 SETTINGS = {
@@ -48,41 +45,19 @@ def server(
 
 
 def test_both_copies_serve_compiled_without_recompiling(server: Server, mlp: dict[str, Saved]) -> None:
-    errors: list[str] = []
+    def check(worker: int, x: np.ndarray, got: np.ndarray) -> str | None:
+        if got.dtype != np.float32 or not np.allclose(got, mlp["pt2"].expected(x), rtol=2e-2, atol=2e-2):
+            return f"wrong answer ({got.dtype}) for {x.shape[0]} rows"
+        return None
 
-    def client(worker: int) -> None:
-        try:
-            grpc_side = worker % 2 == 1
-            module = grpcclient if grpc_side else httpclient
-            conn = module.InferenceServerClient(server.grpc if grpc_side else server.http)
-            rng = np.random.default_rng(worker)
-            for _ in range(8):
-                x = rng.random((int(rng.integers(1, 8)), 4), dtype=np.float32)
-                tensor = module.InferInput("input-0", list(x.shape), "FP32")
-                if grpc_side:
-                    tensor.set_data_from_numpy(x)
-                else:
-                    tensor.set_data_from_numpy(x, binary_data=False)
-                got = conn.infer("two", [tensor]).as_numpy("output-0")
-                if got.dtype != np.float32 or not np.allclose(
-                    got, mlp["pt2"].expected(x), rtol=2e-2, atol=2e-2
-                ):
-                    errors.append(f"worker {worker}: wrong answer ({got.dtype}) for {x.shape[0]} rows")
-        except BaseException as err:  # a thread's death must fail the test, not vanish
-            errors.append(f"worker {worker} died: {type(err).__name__}: {err}")
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    errors, _ = run_clients(server, "two", workers=16, requests=8, max_rows=8, check=check)
     assert not errors, errors[:5]
     text = server.metrics()
     for label in ("cpu#0", "cpu#1"):
-        assert _metric(text, "torchflow_batch_rows_count", model="two", device=label) > 0, f"{label} idle"
-        assert _metric(text, "torchflow_compile_recompiles_total", model="two", device=label) == 0
-        assert _metric(text, "torchflow_device_memory_bytes", model="two", device=label) > 0
-    assert _metric(text, "torchflow_batch_rows_bucket", model="two", le="2.0") == 0  # padded to 4 or 8
+        assert metric(text, "torchflow_batch_rows_count", model="two", device=label) > 0, f"{label} idle"
+        assert metric(text, "torchflow_compile_recompiles_total", model="two", device=label) == 0
+        assert metric(text, "torchflow_device_memory_bytes", model="two", device=label) > 0
+    assert metric(text, "torchflow_batch_rows_bucket", model="two", le="2.0") == 0  # padded to 4 or 8
     status, meta = server.get("/v2/models/two")
     assert status == 200, meta
     params = meta["parameters"]
