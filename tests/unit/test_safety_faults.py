@@ -52,17 +52,25 @@ def test_damaged_weights_name_the_file_and_the_fix(
     assert "upload the model again" in message, message
 
 
+def _copy_with_member(src: Path, dst: Path, weights_name: str, member: str, content: bytes) -> Path:
+    """Copies the model folder; in its weights archive, the member ending in `member` gets `content`."""
+    shutil.copytree(src, dst)
+    weights = dst / "data" / weights_name
+    with zipfile.ZipFile(src / "data" / weights_name) as old:
+        entries = {i.filename: old.read(i.filename) for i in old.infolist()}
+    with zipfile.ZipFile(weights, "w", zipfile.ZIP_STORED) as new:
+        for name, data in entries.items():
+            new.writestr(name, content if name.endswith(member) else data)
+    return weights
+
+
 def test_a_complete_archive_with_a_damaged_member_says_the_file_is_damaged(
     tmp_path: Path, mlp: dict[str, Saved]
 ) -> None:
     """The zip directory is intact, so the format is known; torch fails on the content."""
-    shutil.copytree(mlp["pickle"].path, tmp_path / "m")
-    weights = tmp_path / "m" / "data" / "model.pth"
-    with zipfile.ZipFile(mlp["pickle"].path / "data" / "model.pth") as old:
-        entries = {i.filename: old.read(i.filename) for i in old.infolist()}
-    with zipfile.ZipFile(weights, "w", zipfile.ZIP_STORED) as new:
-        for name, data in entries.items():
-            new.writestr(name, b"\x80\x02garbage" if name.endswith("data.pkl") else data)
+    weights = _copy_with_member(
+        mlp["pickle"].path, tmp_path / "m", "model.pth", "data.pkl", b"\x80\x02garbage"
+    )
     with pytest.raises(ModelLoadError) as info:
         load(tmp_path / "m")
     message = str(info.value)
@@ -72,13 +80,7 @@ def test_a_complete_archive_with_a_damaged_member_says_the_file_is_damaged(
 
 
 def test_an_older_torch_gets_the_version_hint_instead(tmp_path: Path, mlp: dict[str, Saved]) -> None:
-    shutil.copytree(mlp["pt2"].path, tmp_path / "m")
-    weights = tmp_path / "m" / "data" / "model.pt2"
-    with zipfile.ZipFile(mlp["pt2"].path / "data" / "model.pt2") as old:
-        entries = {i.filename: old.read(i.filename) for i in old.infolist()}
-    with zipfile.ZipFile(weights, "w", zipfile.ZIP_STORED) as new:
-        for name, data in entries.items():
-            new.writestr(name, b"{not json" if name.endswith("models/model.json") else data)
+    _copy_with_member(mlp["pt2"].path, tmp_path / "m", "model.pt2", "models/model.json", b"{not json")
     mlmodel = tmp_path / "m" / "MLmodel"
     mlmodel.write_text(
         mlmodel.read_text().replace(f"pytorch_version: {torch.__version__}", "pytorch_version: 2.1.0")
