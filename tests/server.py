@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +88,16 @@ class Server:
                 raise TimeoutError(f"models {pending} not ready after {timeout}s:\n{self.log()[-4000:]}")
             pending = [m for m in pending if self.get(f"/v2/models/{m}/ready")[0] != 200]
             time.sleep(0.3)
+
+    @contextlib.contextmanager
+    def running(self, models: list[str]) -> Iterator[Server]:
+        """Started and ready with `models`; stopped on the way out, whatever happened inside."""
+        self.start()
+        try:
+            self.wait_ready(models)
+            yield self
+        finally:
+            self.stop()
 
     def stop(self) -> int | None:
         if self.proc is None:

@@ -28,12 +28,8 @@ def server(
     write_model_settings(
         repo / "mlp", "mlp", mlp["pt2"].path, mlserver=BATCHING, preferred_batch_sizes=[4, 8, 16]
     )
-    srv = Server(repo, parallel_workers=request.param).start()
-    try:
-        srv.wait_ready(["mlp"])
+    with Server(repo, parallel_workers=request.param).running(["mlp"]) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def test_concurrent_clients_each_get_their_own_answer(server: Server, mlp: dict[str, Saved]) -> None:

@@ -36,12 +36,8 @@ def server(
         mlserver={"max_batch_size": 8, "max_batch_time": 0.005},
         **SETTINGS,
     )
-    srv = Server(repo, parallel_workers=request.param).start()
-    try:
-        srv.wait_ready(["two"])
+    with Server(repo, parallel_workers=request.param).running(["two"]) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def test_both_copies_serve_compiled_without_recompiling(server: Server, mlp: dict[str, Saved]) -> None:

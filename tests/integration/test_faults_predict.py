@@ -29,12 +29,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, A
     saved = b.save(model, tmp_path_factory.mktemp("neg") / "m", "pickle", b.example_for(b.FailsOnNegative))
     repo = tmp_path_factory.mktemp("faults-predict")
     write_model_settings(repo / MODEL, MODEL, saved, mlserver={"max_batch_size": 8, "max_batch_time": 0.05})
-    srv = Server(repo).start()
-    try:
-        srv.wait_ready([MODEL])
+    with Server(repo).running([MODEL]) as srv:
         yield srv, model
-    finally:
-        srv.stop()
 
 
 def _body(x: np.ndarray, rid: str | None) -> dict[str, Any]:

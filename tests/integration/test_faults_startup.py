@@ -79,12 +79,8 @@ def test_a_startup_failure_exits_non_zero_and_never_looks_ready(
 def running(tmp_path_factory: pytest.TempPathFactory, mlp: dict[str, Saved]) -> Iterator[Server]:
     repo = tmp_path_factory.mktemp("repository-api")
     write_model_settings(repo / "mlp", "mlp", mlp["pt2"].path)
-    srv = Server(repo).start()
-    try:
-        srv.wait_ready(["mlp"])
+    with Server(repo).running(["mlp"]) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def test_a_failed_load_through_the_repository_api_keeps_the_server(

@@ -40,12 +40,10 @@ def server(
         "MLSERVER_MODEL_TORCHFLOW_MAX_REQUEST_ROWS": "100",
         "MLSERVER_TORCHFLOW_MAX_BODY_BYTES": str(BODY_CAP),
     }
-    srv = Server(repo, env=env, parallel_workers=request.param, grpc_max_message_length=GRPC_MAX).start()
-    try:
-        srv.wait_ready(["tight", "loose"])
+    with Server(repo, env=env, parallel_workers=request.param, grpc_max_message_length=GRPC_MAX).running(
+        ["tight", "loose"]
+    ) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")
