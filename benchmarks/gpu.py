@@ -32,8 +32,10 @@ import numpy as np
 import servers
 import torch
 from measure import POOL, Point, measure, pool_seed
-from probe import PROBE_SEED, _first_line, probe
+from probe import PROBE_SEED, probe
 from servers import HERE, REPO, WORK, ServerConfig, parse_batch, server_configs, split_cpus, start_server
+
+from mlserver_torchflow.common import first_line
 
 HALF = "fp16"
 TOLERANCES = {"fp32": 5e-3, HALF: 3e-2}  # TF32 convs on GPU and FP16 differ with the batch's shape
@@ -212,7 +214,7 @@ def serve(args: argparse.Namespace, cfg: ServerConfig, name: str, *rest: Any) ->
         return serve_and_measure(args, cfg, name, *rest)
     except Exception as err:
         print(f"[gpu] {name} {cfg.key} failed: {err}", flush=True)
-        return failed(args, cfg, name, _first_line(err))
+        return failed(args, cfg, name, first_line(err, 200))
 
 
 def main(argv: list[str] | None = None) -> int:

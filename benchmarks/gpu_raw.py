@@ -33,11 +33,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from mlserver_torchflow.device import resolve_device, target_dtype  # noqa: E402
-from mlserver_torchflow.inference import Predictor  # noqa: E402
-from mlserver_torchflow.layout import locate  # noqa: E402
-from mlserver_torchflow.loading import load_module  # noqa: E402
-from mlserver_torchflow.signature import interface_from_mlmodel  # noqa: E402
+from mlserver_torchflow.engine.device import resolve_device, target_dtype  # noqa: E402
+from mlserver_torchflow.engine.inference import Predictor  # noqa: E402
+from mlserver_torchflow.engine.layout import locate  # noqa: E402
+from mlserver_torchflow.engine.loading import load_module  # noqa: E402
+from mlserver_torchflow.protocol.signature import interface_from_mlmodel  # noqa: E402
 
 
 def timed(call: Any, device: torch.device, seconds: float, warmup: int = 3) -> list[float]:

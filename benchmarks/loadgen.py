@@ -169,7 +169,7 @@ async def _async_worker(job: Job, client: Any, pool: list[Any], w: int, tally: T
                 client.infer(job.model, [pool[k]], headers=headers), REQUEST_TIMEOUT_S
             )
             out = result.as_numpy(job.output_name)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             tally.add(t0, time.perf_counter(), "error", f"no reply within {REQUEST_TIMEOUT_S:.0f}s", job)
             continue
         except Exception as err:

@@ -5,7 +5,7 @@
 
 Both are saved with ``mlflow.pytorch.save_model(..., serialization_format="pickle", input_example=...)``:
 pickle, because the peer (mlserver-mlflow) loads through MLflow's pyfunc flavor, which a ``pt2`` model with a
-tensor input example does not have (shared/FACTS.md §1). The classes are pickled by value (cloudpickle), so
+tensor input example does not have in every MLflow version. The classes are pickled by value (cloudpickle), so
 neither server needs this module on its path to unpickle them.
 
     python benchmarks/models.py [--out benchmarks/.work/models]      # saves both, prints where
@@ -97,7 +97,8 @@ def forward(model: nn.Module, array: np.ndarray) -> np.ndarray:
 def save(spec: Spec, root: Path = DEFAULT_DIR, force: bool = False, fmt: str = "pickle") -> Path:
     """Saves `spec` under root/<name>[-<fmt>] unless it is already there (same seed, same weights).
 
-    `fmt` "pt2" exports with the 2-row example, so that the batch dimension stays dynamic (FACTS §1).
+    `fmt` "pt2" exports with the 2-row example, so that the batch dimension stays dynamic (MLflow marks
+    only dims > 1 of the example dynamic).
     """
     import mlflow.pytorch
     from mlflow.models import infer_signature

@@ -24,9 +24,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.models import SPECS
-from mlserver_torchflow.compiling import CountingBackend, compile_module
-from mlserver_torchflow.inference import Predictor
-from mlserver_torchflow.signature import Interface
+from mlserver_torchflow.engine.compiling import CountingBackend, compile_module
+from mlserver_torchflow.engine.inference import Predictor
+from mlserver_torchflow.protocol.signature import Interface
 
 MODES = [
     ("fp32", "keep", "cast"),

@@ -122,11 +122,6 @@ def _one_request(
     return names, result.as_numpy(names[0])
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return (text[0] if text else type(err).__name__)[:200]
-
-
 # ------------------------------------------------------------------------------------------------ references
 
 

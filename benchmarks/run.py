@@ -23,9 +23,11 @@ from typing import Any
 from measure import Point, measure
 from perf_analyzer import PA_VENV, perf_analyzer
 from plot import plot
-from probe import _first_line, load_reference, probe
+from probe import load_reference, probe
 from report import fmt, machine_tag, markdown, no_nan
 from servers import HERE, record_death, scan_log, server_configs, split_cpus, start_server
+
+from mlserver_torchflow.common import first_line
 
 # ------------------------------------------------------------------------------------------------ main
 
@@ -126,7 +128,7 @@ def main() -> int:
             try:
                 server = start_server(cfg, model, model_path, server_cpus, spec.row_shape)
             except Exception as err:
-                ifaces[key] = {"error": f"did not start: {_first_line(err)}"}
+                ifaces[key] = {"error": f"did not start: {first_line(err, 200)}"}
                 print(f"[bench] {key} did not start: {err}", flush=True)
                 for proto in args.protocols:
                     for rows in args.rows:
@@ -139,7 +141,7 @@ def main() -> int:
                                     proto,
                                     rows,
                                     conc,
-                                    failed=f"server did not start: {_first_line(err)}",
+                                    failed=f"server did not start: {first_line(err, 200)}",
                                 )
                             )
                 continue
@@ -149,7 +151,7 @@ def main() -> int:
                     iface = probe(server, cfg, model, spec, reference, args.protocols, args.rows)
                     ifaces[key] = asdict(iface)
                 except Exception as err:
-                    ifaces[key] = {"error": f"probe failed: {_first_line(err)}"}
+                    ifaces[key] = {"error": f"probe failed: {first_line(err, 200)}"}
                     print(f"[bench] {key} probe failed: {err}", flush=True)
                     iface = None
                 mark = len(server.log())
@@ -175,7 +177,7 @@ def main() -> int:
                                     mark = 0
                                 except Exception as err:
                                     iface = None
-                                    ifaces[key] = {"error": f"did not restart: {_first_line(err)}"}
+                                    ifaces[key] = {"error": f"did not restart: {first_line(err, 200)}"}
                             if iface is None:
                                 point.failed = point.failed or ifaces[key]["error"]
                             else:
@@ -190,7 +192,7 @@ def main() -> int:
                                         client_cpus,
                                     )
                                 except Exception as err:
-                                    point.failed = f"harness error: {_first_line(err)}"
+                                    point.failed = f"harness error: {first_line(err, 200)}"
                                     traceback.print_exc()
                             points.append(point)
                             print(

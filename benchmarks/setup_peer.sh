@@ -6,8 +6,8 @@
 #
 # torch==2.13.0 goes in FIRST, alone: on this machine that resolves to the local CPU wheel, whereas a
 # bare `torch` requirement pulled in later by a dependency could fetch a multi-GB CUDA build.
-# uvloop<0.22 and pandas<3: see shared/FACTS.md §3 (uvloop 0.22+ breaks MLServer's workers,
-# pandas 3 breaks its PandasCodec).
+# uvloop<0.22 and pandas<3: uvloop 0.22+ breaks MLServer 1.7.1's workers (MLServer issue 2286),
+# pandas 3 breaks its PandasCodec.
 # On a GPU machine (benchmarks/setup_gpu.sh): PEER_CUDA=1 accepts a CUDA build of torch, TORCH_SPEC
 # replaces the torch requirement and PEER_TORCH the version checked (e.g. an image's own CUDA torch).
 set -euo pipefail

@@ -3,7 +3,7 @@
 #
 #   bash benchmarks/setup_perf_analyzer.sh [VENV]      (default: benchmarks/.work/pa-venv)
 #
-# shared/FACTS.md §5: the perf_analyzer that runs on this machine's glibc ships in tritonclient[all]==2.51.0
+# The perf_analyzer that runs on this machine's glibc ships in tritonclient[all]==2.51.0
 # (newer wheels need glibc 2.38); it needs libb64 (Debian: libb64-0d) and libcudart.so.12, which the
 # nvidia-cuda-runtime-cu12 wheel provides (no GPU needed). The wrapper $VENV/bin/pa sets LD_LIBRARY_PATH.
 set -euo pipefail

@@ -1,4 +1,25 @@
-"""Every error the runtime raises: MLServer turns `status_code` into the REST status and gRPC code."""
+"""Every error the runtime raises, with the status a client sees over REST and gRPC.
+
+MLServer answers an `MLServerError` with `{"error": "<message>"}` and its `status_code` over REST, and
+maps that status to a gRPC code (`patches.grpc_status` adds the codes MLServer lacks). A client
+handles three kinds, so there is one base for each, and catching the base is enough:
+
+    TorchFlowError                 500  INTERNAL            (base of everything below)
+    ├── BadRequest                 400  INVALID_ARGUMENT    the client must change the request
+    │   └── InvalidInput                                    it does not match the model's interface
+    ├── TooLarge                   413  RESOURCE_EXHAUSTED  the client must send less per request
+    │   ├── RequestTooLarge                                 more rows/values than a limit or the device
+    │   └── BodyTooLarge                                    a REST body over the server's body cap
+    ├── Retryable                  503  UNAVAILABLE         the same request may succeed later
+    │   ├── QueueFull                                       back-pressure: the queue is full
+    │   ├── QueueTimeout                                    it waited past queue_timeout, unrun
+    │   └── Unloading                                       the model is being unloaded
+    ├── ModelExecutionError        500  INTERNAL            the model raised on a valid request
+    └── ModelLoadError             500  (load time)         the model cannot be found, read or placed
+        └── ModelNotFoundOnDisk                             no weights where any layout could put them
+
+Messages say what was expected, what came, and what to do: they are what the client or operator reads.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +27,62 @@ from mlserver.errors import MLServerError
 
 
 class TorchFlowError(MLServerError):
-    """Base class; the message is what the client or operator reads, so it says what to do."""
+    """Base class. `status_code` is the REST status; `grpc_code` the name of the gRPC status code."""
 
     status_code_default = 500
+    grpc_code = "INTERNAL"
 
     def __init__(self, msg: str) -> None:
         super().__init__(msg, status_code=self.status_code_default)
 
 
-class InvalidInput(TorchFlowError):
-    """The request does not match the model's interface (400, `INVALID_ARGUMENT` over gRPC)."""
+class BadRequest(TorchFlowError):
+    """The request is wrong as sent; retrying it unchanged fails again."""
 
     status_code_default = 400
+    grpc_code = "INVALID_ARGUMENT"
+
+
+class InvalidInput(BadRequest):
+    """The request does not match the model's interface (names, datatypes, shapes, data)."""
+
+
+class TooLarge(TorchFlowError):
+    """The request is over a size limit; split it into smaller ones."""
+
+    status_code_default = 413
+    grpc_code = "RESOURCE_EXHAUSTED"
+
+
+class RequestTooLarge(TooLarge):
+    """More rows or values than a request limit, the queue or the device can ever take."""
+
+
+class BodyTooLarge(TooLarge):
+    """A REST body (declared, streamed or gunzipped) over `MLSERVER_TORCHFLOW_MAX_BODY_BYTES`."""
+
+
+class Retryable(TorchFlowError):
+    """The server cannot take the request now; the same request may succeed after a back-off."""
+
+    status_code_default = 503
+    grpc_code = "UNAVAILABLE"
+
+
+class QueueFull(Retryable):
+    """Back-pressure: the batch queue holds `max_queue_rows` already."""
+
+
+class QueueTimeout(Retryable):
+    """The request waited past `queue_timeout` and was not run."""
+
+
+class Unloading(Retryable):
+    """The model is being unloaded (or reloaded) while the request waited; it was not run."""
+
+
+class ModelExecutionError(TorchFlowError):
+    """The model itself raised on a valid request: one line for the client, the traceback in the log."""
 
 
 class ModelLoadError(TorchFlowError):
@@ -28,23 +93,7 @@ class ModelNotFoundOnDisk(ModelLoadError):
     """No weights file where the MLmodel, the storage-initializer or the tree could put it."""
 
 
-class ModelExecutionError(TorchFlowError):
-    """The model itself raised on a valid request: one line for the client, the traceback in the log."""
-
-
-class QueueFull(TorchFlowError):
-    """Back-pressure: the batch queue holds `max_queue_rows` already (503, `UNAVAILABLE`)."""
-
-    status_code_default = 503
-
-
-class QueueTimeout(TorchFlowError):
-    """The request waited past `queue_timeout` and was not run (503, `UNAVAILABLE`)."""
-
-    status_code_default = 503
-
-
-class RequestTooLarge(TorchFlowError):
-    """More rows than the queue or the device can ever take (413, `RESOURCE_EXHAUSTED`)."""
-
-    status_code_default = 413
+def grpc_codes() -> dict[int, str]:
+    """REST status -> gRPC code name, for every status the runtime answers with."""
+    kinds = (TorchFlowError, BadRequest, TooLarge, Retryable)
+    return {kind.status_code_default: kind.grpc_code for kind in kinds}

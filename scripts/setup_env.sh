@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Create (or reuse) the virtualenv with the runtime and its test tools. Sourced by serve_example.sh and test.sh.
-# torch goes in FIRST and pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
-# TORCH_SPEC overrides it, e.g. TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu".
+# torch goes in FIRST and pinned, so that the project's `torch>=2.4` installs nothing more. Where a local
+# CPU wheel of torch 2.13.0 exists (this project's build machines) the pin takes it; on PyPI, torch
+# 2.13.0 is the CUDA build (several GB). TORCH_SPEC overrides it, e.g. for the CPU build elsewhere:
+# TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu".
 set -euo pipefail
 VENV="${VENV:-.venv}"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"

@@ -4,7 +4,7 @@
 # environment because kserve pins clash with ours (numpy, pandas, fastapi, ...).
 #
 #   $KSERVE_ENVS/current   kserve-storage (newest on PyPI):  from kserve_storage import Storage
-#   $KSERVE_ENVS/v0.14.1   kserve[storage]==0.14.1 (flattens, FACTS §2.2):  from kserve.storage import Storage
+#   $KSERVE_ENVS/v0.14.1   kserve[storage]==0.14.1 (flattens: kserve PR 3205):  from kserve.storage import Storage
 #
 # Both download with `Storage.download(uri, out_dir)`. KSERVE_ENVS defaults to <repo>/.kserve-envs
 # (git-ignored). Idempotent: an environment that was built from the same requirement and still

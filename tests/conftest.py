@@ -13,6 +13,9 @@ from torch import nn
 
 from tests import builders as b
 
+# Support modules that assert: pytest shows their failures in detail, as it does for tests.
+pytest.register_assert_rewrite("tests.kserve_crds")
+
 
 @dataclass
 class Saved:

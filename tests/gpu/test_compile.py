@@ -23,7 +23,7 @@ from torch._dynamo.utils import counters
 from mlserver_torchflow.errors import ModelLoadError
 from tests.conftest import Saved
 from tests.gpu.test_replicas import request
-from tests.unit.test_runtime_load import first, load, predict, runtime
+from tests.inprocess import first, load, predict, runtime
 
 DEVICES = [
     "cpu",
@@ -152,7 +152,7 @@ def test_two_compiled_copies_warm_up_and_serve_concurrently(
     async def serve() -> list[np.ndarray]:
         assert await model.load() is True
         replies = await asyncio.gather(*(model.predict(request(x)) for x in inputs))
-        for copy in model._batcher.replicas:
+        for copy in model.copies:
             assert copy.warmed_sizes == (2, 4, 6, 8)
             assert recompiles(model_name, copy.label) == 0, f"{copy.label} recompiled"
         assert await model.unload() is True

@@ -13,9 +13,9 @@ import pytest
 import torch
 from prometheus_client import REGISTRY
 
-from mlserver_torchflow.device import device_stats
+from mlserver_torchflow.engine.device import device_stats
 from tests.conftest import Saved
-from tests.unit.test_runtime_load import load, predict
+from tests.inprocess import load, predict
 
 DEVICES = [
     "cpu",

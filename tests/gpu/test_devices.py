@@ -1,6 +1,6 @@
 """Device placement, precision and memory release. Each test runs on CPU (the twin CI runs) and on
 CUDA when present; no GPU was lent while this was written, so the CUDA cases have run only where
-`nvidia-smi` works (see the README's GPU notes)."""
+`nvidia-smi` works (see docs/kserve.md, GPU notes)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 
 from tests import builders as b
 from tests.conftest import Saved
-from tests.unit.test_runtime_load import first, load, predict
+from tests.inprocess import first, load, predict
 
 DEVICES = [
     "cpu",
@@ -55,5 +55,5 @@ def test_unload_returns_device_memory(mlp: dict[str, Saved], device: str) -> Non
     model = load(mlp["pt2"].path, device=device)
     assert in_use() > baseline or device == "cpu"
     assert asyncio.run(model.unload()) is True
-    assert not hasattr(model, "_batcher")
+    assert model.copies == ()
     assert in_use() == baseline

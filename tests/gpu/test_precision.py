@@ -1,4 +1,4 @@
-"""Reduced precision, `cast` and `autocast`, against the fp32 model: within the README's tolerance,
+"""Reduced precision, `cast` and `autocast`, against the fp32 model: within the tolerance docs/gpu.md states,
 with the interface's datatypes kept. Each runs on CPU (bfloat16 and float16 both work there in
 torch 2.13) and on CUDA when present (not yet run on a GPU in this repository)."""
 
@@ -13,13 +13,13 @@ from mlserver.types import InferenceRequest, RequestInput
 
 from mlserver_torchflow.errors import ModelLoadError
 from tests.conftest import Saved
-from tests.unit.test_runtime_load import first, load, predict
+from tests.inprocess import first, load, predict
 
 DEVICES = [
     "cpu",
     pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")),
 ]
-# The README's stated tolerance against fp32, as |got - fp32| <= atol + rtol * |fp32|.
+# The tolerance docs/gpu.md states against fp32, as |got - fp32| <= atol + rtol * |fp32|.
 TOLERANCE = {"bfloat16": (2e-2, 2e-2), "float16": (2e-3, 2e-3)}
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
+import threading
 import weakref
 
 import numpy as np
@@ -18,12 +19,12 @@ from mlserver.types import InferenceRequest, RequestInput
 from prometheus_client import REGISTRY
 
 from mlserver_torchflow import TorchFlowRuntime
+from mlserver_torchflow.config import load_settings
+from mlserver_torchflow.engine.replica import Replica
+from mlserver_torchflow.engine.replicas import labels, pick
 from mlserver_torchflow.errors import ModelLoadError
-from mlserver_torchflow.replica import Replica
-from mlserver_torchflow.replicas import labels, pick
-from mlserver_torchflow.settings import load_settings
 from tests.conftest import Saved
-from tests.unit.test_runtime_load import load, predict, runtime
+from tests.inprocess import load, predict, runtime
 
 ON_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 TWO_COPIES = [["cpu", "cpu"], pytest.param(["cuda:0", "cuda:0"], marks=ON_CUDA)]
@@ -56,7 +57,7 @@ def test_concurrent_requests_use_both_copies_and_all_answers_are_right(
         # created on, as in the server.
         assert await model.load() is True
         replies = await asyncio.gather(*(model.predict(request(x)) for x in inputs))
-        copies.extend(model._batcher.replicas)
+        copies.extend(model.copies)
         assert await model.unload() is True
         return [np.asarray(r.outputs[0].data.root, np.float32).reshape(r.outputs[0].shape) for r in replies]
 
@@ -80,17 +81,21 @@ def test_concurrent_requests_use_both_copies_and_all_answers_are_right(
 
 @pytest.mark.parametrize("devices", TWO_COPIES)
 def test_unload_frees_every_copy_and_thread(mlp: dict[str, Saved], devices: list[str]) -> None:
-    model = load(mlp["pickle"].path, f"free-{next(_names)}", devices=devices)
+    name = f"free-{next(_names)}"
+    model = load(mlp["pickle"].path, name, devices=devices)
     x = np.ones((3, 4), np.float32)
     np.testing.assert_allclose(predict(model, x), mlp["pickle"].expected(x), rtol=1e-5, atol=1e-6)
-    copies = model._batcher.replicas
+    copies = model.copies
     modules = [weakref.ref(c.predictor.module) for c in copies]
     executors = [c.executor for c in copies]
     del copies
     assert asyncio.run(model.unload()) is True
     gc.collect()
     assert [m() for m in modules] == [None, None]
-    assert all(e._shutdown and not any(t.is_alive() for t in e._threads) for e in executors)
+    for executor in executors:  # shut down: it takes no more work
+        with pytest.raises(RuntimeError, match="shutdown"):
+            executor.submit(int)
+    assert not [t.name for t in threading.enumerate() if t.name.startswith(f"torchflow-{name}-")]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CPU host: checks the error; the CUDA twin is below")
@@ -102,9 +107,7 @@ def test_all_without_cuda_is_a_clear_error(mlp: dict[str, Saved]) -> None:
 @ON_CUDA
 def test_all_is_one_copy_per_visible_gpu(mlp: dict[str, Saved]) -> None:
     model = load(mlp["pt2"].path, f"all-{next(_names)}", devices="all")
-    assert [str(c.device) for c in model._batcher.replicas] == [
-        f"cuda:{i}" for i in range(torch.cuda.device_count())
-    ]
+    assert [str(c.device) for c in model.copies] == [f"cuda:{i}" for i in range(torch.cuda.device_count())]
     asyncio.run(model.unload())
 
 
@@ -161,5 +164,5 @@ def test_runtime_class_is_unchanged_for_one_device(mlp: dict[str, Saved]) -> Non
     """A single device is a set of one copy: the label stays `cpu`, as before multi-device support."""
     model = load(mlp["pt2"].path, f"one-{next(_names)}", device="cpu")
     assert isinstance(model, TorchFlowRuntime)
-    assert [c.label for c in model._batcher.replicas] == ["cpu"]
+    assert [c.label for c in model.copies] == ["cpu"]
     asyncio.run(model.unload())

@@ -13,7 +13,7 @@ import torch
 
 from tests import builders as b
 from tests.conftest import Saved
-from tests.unit.test_runtime_load import first, load, predict
+from tests.inprocess import first, load, predict
 
 DEVICES = [
     "cpu",

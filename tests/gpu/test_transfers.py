@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from mlserver_torchflow.inference import Predictor
-from mlserver_torchflow.signature import Interface
-from mlserver_torchflow.transfers import StagingBuffers, Transfers
+from mlserver_torchflow.engine.inference import Predictor
+from mlserver_torchflow.engine.transfers import StagingBuffers, Transfers
+from mlserver_torchflow.protocol.signature import Interface
 from tests import builders as b
 
 ON_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -2,7 +2,7 @@
 repository API does not.
 
 MLServer 1.7.1 alone exits with code 0 after a startup failure, and answers `/v2/health/ready` 200
-between unregistering the failed model and stopping its REST server (mlserver_torchflow/startup.py).
+between unregistering the failed model and stopping its REST server (mlserver_torchflow/patches/startup.py).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from tests import builders as b
 from tests.conftest import Saved
 from tests.server import Server, write_model_settings
 
-# mlserver_torchflow.startup.EXIT_CODE: not imported, as importing MLServer here clashes with
+# mlserver_torchflow.patches.startup.EXIT_CODE: not imported, as importing MLServer here clashes with
 # tritonclient's protobufs (the tiers run in separate processes).
 EXIT_CODE = 3
 

@@ -148,7 +148,7 @@ def _send(
 def test_rest_body_cap_by_declared_length_stream_and_gunzip(server: Server) -> None:
     json_type = {"Content-Type": "application/json"}
     status, reply = _send(server, {**json_type, "Content-Length": str(100 * 1024 * 1024)})
-    assert status == 413 and "MLSERVER_TORCHFLOW_MAX_BODY_BYTES" in reply["detail"], reply
+    assert status == 413 and "MLSERVER_TORCHFLOW_MAX_BODY_BYTES" in reply["error"], reply
     chunks = iter([b" " * 16384] * (2 * BODY_CAP // 16384))
     status, reply = _send(server, {**json_type, "Transfer-Encoding": "chunked"}, chunks, encode_chunked=True)
     assert status == 413, reply

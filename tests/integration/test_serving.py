@@ -1,4 +1,4 @@
-"""A real `mlserver start` serving every FACTS §2 layout in every format, plus the interface features.
+"""A real `mlserver start` serving every layout a KServe storage-initializer leaves (canonical, flattened, one level down, sibling leak) in every format, plus the interface features.
 
 One server hosts all models (loading is the slow part); each test talks to it with tritonclient over
 HTTP (JSON tensors) and gRPC (raw tensors), or with raw HTTP for the error cases.

@@ -1,6 +1,6 @@
 """KServe's real storage-initializer code against a local S3, then one `mlserver start` over what it left.
 
-FACTS §2: the initializer decides the layout under /mnt/models, not us. Two versions run, each in its
+The initializer decides the layout under /mnt/models, not us. Two versions run, each in its
 own virtualenv made by scripts/setup_kserve_envs.sh (their pins clash with the project's):
 
 - `current`: the newest `kserve-storage` (`from kserve_storage import Storage`), canonical layout;
@@ -295,7 +295,7 @@ def downloaded(
 
 
 def expected_files(case: Case, up: Uploaded) -> dict[str, int]:
-    """The tree FACTS §2 says this initializer version leaves for this prefix (path -> size)."""
+    """The tree this initializer version leaves for this prefix (path -> size)."""
     prefix = PREFIXES[case.kind]
     last = prefix.rsplit("/", 1)[-1]
     out = {}

@@ -1,0 +1,264 @@
+"""The runtime's settings, built once and passed down: nothing else in the package reads `os.environ`.
+
+Two objects, for two scopes:
+- `TorchFlowSettings`, per model: `parameters.extra` in model-settings.json first, then
+  `MLSERVER_MODEL_TORCHFLOW_<KEY>` environment variables. Built once per load by `load_settings`.
+- `ServerSettings`, per process (one REST app and one log stream serve every model):
+  `MLSERVER_TORCHFLOW_<KEY>` environment variables. Built once by `server_settings`.
+
+Each field's docstring is its documentation: `docs/settings.md` is generated from them
+(`python scripts/settings_doc.py`), and a test checks that the page is current. `BatchConfig` and
+`RequestLimits` are the plain views the engine and the protocol take, so neither imports pydantic.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .errors import ModelLoadError
+
+ENV_PREFIX = "MLSERVER_MODEL_TORCHFLOW_"
+SERVER_ENV_PREFIX = "MLSERVER_TORCHFLOW_"
+DEFAULT_MAX_ROWS = 65_536
+DEFAULT_MAX_ELEMENTS = 16 * 1024 * 1024  # 64 MiB of FP32: matches the 64 MiB body / message caps
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+# Settings that moved from one scope to the other: a model naming one is told where it went.
+_MOVED = {"log_format": f"{SERVER_ENV_PREFIX}LOG_FORMAT"}
+_DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+_REPLICA_DEVICE = re.compile(r"^(cpu|cuda|cuda:\d+)$")
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+
+
+class TorchFlowSettings(BaseSettings):
+    """Every knob of the runtime; unknown keys are an error so that a typo never passes silently."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", frozen=True, use_attribute_docstrings=True
+    )
+
+    device: str | None = None
+    """`auto` (CUDA when present, else CPU), `cpu`, `cuda` or `cuda:N`; unset (and no `devices`) is
+    `auto`. Asking for CUDA where there is none is a load error. Weights load straight onto the device
+    (`map_location`), so a model saved on a GPU loads on a CPU host. Not together with `devices`."""
+
+    devices: Annotated[tuple[str, ...] | None, NoDecode] = None
+    """One model copy per entry: a list (`[0, 1]`, `["cuda:0", "cuda:1"]`, `["cpu", "cpu"]`) or `all`
+    (every visible CUDA device; a load error without one); from the environment `0,1`, `all` or a JSON
+    list. Each copy has its own thread and batcher; requests go to the copy with the fewest rows
+    outstanding. Setting both `device` and `devices` is a load error, except that one named in
+    `parameters.extra` overrides the other from the environment."""
+
+    dtype: Literal["keep", "float16", "bfloat16"] = "keep"
+    """Compute in this precision (`keep`: as saved); `precision` says how. Results go back as the
+    signature's datatypes (bfloat16 and computed float16 as FP32: V2 has no BF16)."""
+
+    precision: Literal["cast", "autocast"] = "cast"
+    """`cast`: floating weights and inputs are cast to `dtype` at load. `autocast`: weights stay fp32
+    and each forward pass runs under `torch.autocast(device, dtype)` (needs a `dtype`)."""
+
+    compile: bool = False
+    """`torch.compile` the loaded module (pickle and pt2; TorchScript is a load error) and compile
+    every batch size a batch can have before reporting ready (see docs/gpu.md)."""
+
+    compile_mode: CompileMode = "default"
+    """torch.compile's mode (inductor only); the CUDA-graph modes fall back to plain kernels on CPU."""
+
+    compile_backend: Literal["inductor", "aot_eager", "eager"] = "inductor"
+    """torch.compile's backend: `eager` / `aot_eager` trace without generating code (for debugging)."""
+
+    strict_versions: bool = False
+    """Turn a torch or Python major.minor mismatch between the saved model and the server into a
+    load error instead of a warning (an mlflow mismatch is only reported: the runtime never loads
+    through mlflow)."""
+
+    warmup: bool = True
+    """Run the model's `input_example.json` / `serving_input_example.json` on the target device
+    during `load()`: a model that cannot run its own example does not become ready. With `compile`,
+    also one pass per batch size; `false` leaves every compilation to the first requests."""
+
+    max_batch_size: int = 0
+    """Rows per forward pass; above 1 turns on the runtime's own batcher (also read from
+    model-settings.json's top level). A request with more rows runs alone, never dropped."""
+
+    max_batch_time: float = 0.0
+    """Seconds the oldest queued request may wait for more rows while the device is busy."""
+
+    preferred_batch_sizes: tuple[int, ...] = ()
+    """Pad each batch up to the nearest of these row counts (stable shapes for compile / CUDA graphs)."""
+
+    max_queue_rows: int | None = None
+    """Rows allowed to wait; beyond it a request gets a 503. Default: 32 x max_batch_size."""
+
+    queue_timeout: float = 0.0
+    """Seconds a request may wait in the queue before it fails with a 503 unrun; 0 = no limit."""
+
+    max_request_rows: int = Field(default=DEFAULT_MAX_ROWS, ge=0)
+    """Rows (first dimension) one request may carry; more is a 413. 0 = no limit."""
+
+    max_request_elements: int = Field(default=DEFAULT_MAX_ELEMENTS, ge=0)
+    """Values one input of one request may carry (product of its shape); more is a 413. 0 = no limit."""
+
+    def request_limits(self) -> RequestLimits:
+        return RequestLimits(max_rows=self.max_request_rows, max_elements=self.max_request_elements)
+
+    allow_pickle: bool = True
+    """Load pickled `model.pth` files (MLflow 1.x/2.x). `false` refuses them before anything is
+    unpickled, and loads pt2 weights-only; pt2 and TorchScript still load (see docs/operations.md)."""
+
+    @field_validator("preferred_batch_sizes")
+    @classmethod
+    def _check_sizes(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(v < 1 for v in value):
+            raise ValueError("sizes must be positive row counts")
+        return tuple(sorted(set(value)))
+
+    def batch_config(self) -> BatchConfig:
+        return BatchConfig(
+            max_batch_size=self.max_batch_size,
+            max_batch_time=max(self.max_batch_time, 0.0),
+            preferred_batch_sizes=self.preferred_batch_sizes,
+            max_queue_rows=self.max_queue_rows
+            if self.max_queue_rows is not None
+            else 32 * max(self.max_batch_size, 1),
+            queue_timeout=self.queue_timeout,
+        )
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip().lower()
+        if not _DEVICE.match(value):
+            raise ValueError(f"expected auto, cpu, cuda or cuda:N, got {value!r}")
+        return value
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _check_devices(cls, value: Any) -> tuple[str, ...] | None:
+        """A list (`["cpu", "cpu"]`, `[0, 1]`), `all`, or, from the environment, `0,1` or a JSON list."""
+        if value is None:
+            return None
+        if isinstance(value, str):
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else [v for v in text.split(",") if v.strip()]
+        if isinstance(value, int | str):
+            value = [value]
+        entries = [_replica_device(v) for v in value]
+        if not entries:
+            raise ValueError("expected at least one device, got an empty list")
+        if "all" in entries and len(entries) > 1:
+            raise ValueError(f"`all` stands alone (every visible CUDA device), got {entries}")
+        return tuple(entries)
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> TorchFlowSettings:
+        if self.device is not None and self.devices is not None:
+            raise ValueError(
+                f"both device ({self.device!r}) and devices ({list(self.devices)}) are set; they are "
+                "alternatives: keep `device` for one copy, or `devices` for one copy per entry"
+            )
+        if self.precision == "autocast" and self.dtype == "keep":
+            raise ValueError("precision `autocast` needs dtype float16 or bfloat16, got dtype `keep`")
+        if self.compile and self.compile_mode != "default" and self.compile_backend != "inductor":
+            raise ValueError(
+                f"compile_mode {self.compile_mode!r} is an inductor mode, but compile_backend is "
+                f"{self.compile_backend!r}; use compile_backend `inductor` or compile_mode `default`"
+            )
+        return self
+
+
+def _replica_device(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"expected a device name or a CUDA index, got {value!r}")
+    text = str(value).strip().lower()
+    if text.isdigit():
+        return f"cuda:{int(text)}"
+    if text == "all" or _REPLICA_DEVICE.match(text):
+        return text
+    raise ValueError(f"expected cpu, cuda, cuda:N, a CUDA index N or `all`, got {text!r}")
+
+
+def load_settings(extra: dict[str, Any] | None) -> TorchFlowSettings:
+    """Build the settings once per model; a bad value fails the load with the key that is wrong.
+
+    `parameters.extra` wins over the environment, also across `device` / `devices`: naming one of
+    them in `extra` sets the other to unset, so a runtime-wide env var does not clash with it.
+    """
+    kwargs = dict(extra or {})
+    for key, env in _MOVED.items():
+        if key in kwargs or f"{ENV_PREFIX}{key.upper()}" in os.environ:
+            raise ModelLoadError(
+                f"{key} is a server setting, the same for every model in the process: set the "
+                f"environment variable {env} instead of the model's {key} (parameters.extra or "
+                f"{ENV_PREFIX}{key.upper()})."
+            )
+    for one, other in (("device", "devices"), ("devices", "device")):
+        if one in kwargs and other not in kwargs:
+            kwargs[other] = None
+    try:
+        settings = TorchFlowSettings(**kwargs)
+    except ValidationError as err:
+        raise ModelLoadError(
+            f"invalid TorchFlow settings ({_problems(err)}). Set them in model-settings.json "
+            f"`parameters.extra` or as {ENV_PREFIX}<KEY> environment variables; docs/settings.md "
+            "lists them."
+        ) from err
+    return settings
+
+
+class ServerSettings(BaseSettings):
+    """Process-wide knobs (one REST app and one log stream serve every model)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=SERVER_ENV_PREFIX, extra="ignore", frozen=True, use_attribute_docstrings=True
+    )
+
+    max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=0)
+    """REST bodies above this (declared, streamed or gunzipped) get a 413; 0 = no cap."""
+
+    log_format: Literal["text", "json"] | None = None
+    """`json`: the runtime's log lines become one JSON object each. Unset: MLServer's use_structured_logging."""
+
+
+@functools.lru_cache(maxsize=1)
+def server_settings() -> ServerSettings:
+    """Built once per process, on the first model's construction; a bad value fails that load."""
+    try:
+        return ServerSettings()
+    except ValidationError as err:
+        raise ModelLoadError(
+            f"invalid server settings ({_problems(err)}). Fix the {SERVER_ENV_PREFIX}<KEY> environment "
+            "variables; docs/settings.md lists them."
+        ) from err
+
+
+def _problems(err: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in err.errors())
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """What the batcher needs of the settings."""
+
+    max_batch_size: int
+    max_batch_time: float
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_rows: int = 0
+    queue_timeout: float = 0.0
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What the codec needs of the settings: per-request bounds, 0 = off."""
+
+    max_rows: int = DEFAULT_MAX_ROWS
+    max_elements: int = DEFAULT_MAX_ELEMENTS

@@ -1,0 +1,132 @@
+"""The only module that touches `torch.cuda`: device choice, precision, syncs, memory and its stats."""
+
+from __future__ import annotations
+
+import gc
+import os
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import ModelLoadError
+
+_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(setting: str) -> torch.device:
+    """`auto` picks CUDA when present; an explicit CUDA request without CUDA is a load error."""
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(setting)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelLoadError(
+                f"device {setting!r} was requested but CUDA is not available here (torch "
+                f"{torch.__version__}, built with CUDA {torch.version.cuda or 'none'}). Set device to "
+                "`auto` or `cpu`, or run on a GPU node with a CUDA build of torch (the GPU image) and "
+                "an `nvidia.com/gpu` limit."
+            )
+        count = torch.cuda.device_count()
+        index = 0 if device.index is None else device.index
+        if index >= count:
+            raise ModelLoadError(
+                f"device {setting!r} was requested but only {count} CUDA device(s) are visible "
+                f"(cuda:0 to cuda:{count - 1}). Pick one of those, or `cuda`."
+            )
+        device = torch.device("cuda", index)
+    return device
+
+
+def resolve_devices(device: str | None, devices: tuple[str, ...] | None) -> list[torch.device]:
+    """One device per model copy: `devices` (`all` = every visible GPU), else the single `device`."""
+    if devices is None:
+        return [resolve_device(device or "auto")]
+    if devices == ("all",):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ModelLoadError(
+                f"devices `all` was requested but no CUDA device is visible (torch {torch.__version__}, "
+                f"built with CUDA {torch.version.cuda or 'none'}). Run on a GPU node with the GPU image "
+                "and an `nvidia.com/gpu` limit, or list the devices (`cpu` for CPU copies)."
+            )
+        return [torch.device("cuda", i) for i in range(count)]
+    return [resolve_device(d) for d in devices]
+
+
+def target_dtype(setting: str) -> torch.dtype | None:
+    """None keeps the saved precision."""
+    return _DTYPES.get(setting)
+
+
+def describe(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
+def release(device: torch.device) -> None:
+    """Give the memory of an unloaded model back: the caching allocator keeps it otherwise."""
+    gc.collect()
+    if device.type == "cuda" and torch.cuda.is_available():
+        with torch.cuda.device(device):
+            torch.cuda.empty_cache()
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """A CUDA OOM, or the CPU allocator failing: both mean "try fewer rows"."""
+    if isinstance(err, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(err, RuntimeError) and "can't allocate memory" in str(err)
+
+
+def after_out_of_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def memory_in_use(device: torch.device) -> int:
+    """Bytes held on the device: the caching allocator's on CUDA, the process's resident set on CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.memory_allocated(device))
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (copies included); nothing to wait for on CPU."""
+    if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()
+
+
+@dataclass(frozen=True)
+class DeviceStats:
+    """What the metrics report for one device; None = not measurable here (the sample is omitted)."""
+
+    in_use: int
+    allocated: int | None = None
+    reserved: int | None = None
+    utilization: float | None = None
+
+
+def device_stats(device: torch.device) -> DeviceStats:
+    """Allocator bytes on CUDA (and utilisation where NVML answers); the process's RSS on CPU."""
+    if device.type != "cuda":
+        return DeviceStats(in_use=memory_in_use(device))
+    allocated = int(torch.cuda.memory_allocated(device))
+    return DeviceStats(
+        in_use=allocated,
+        allocated=allocated,
+        reserved=int(torch.cuda.memory_reserved(device)),
+        utilization=_utilization(device),
+    )
+
+
+def _utilization(device: torch.device) -> float | None:
+    """Percent of time a kernel ran, from NVML: needs `pynvml` (nvidia-ml-py), else None."""
+    try:
+        return float(torch.cuda.utilization(device))
+    except Exception:  # no pynvml, no NVML driver library, or MIG/unsupported: omit the sample
+        return None

@@ -1,0 +1,121 @@
+"""One copy of the model on one device: its module, its executor thread, its batcher and metrics.
+
+MLServer cannot pin its worker processes to GPUs (MLServer issue 1570), so a model that should use
+several devices keeps one copy per device in this process (replicas.py spreads the requests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from ..common import Named, logger
+from ..config import TorchFlowSettings
+from ..protocol.signature import Interface
+from .batching import Batcher, BatchObserver
+from .compiling import CountingBackend, compile_module
+from .device import DeviceStats, device_stats, target_dtype
+from .inference import Predictor
+from .layout import ModelFiles
+from .loading import Format, load_module
+from .warmup import batch_sizes, run_example, run_sizes
+
+
+class CopyObserver(BatchObserver, Protocol):
+    """What one copy reports besides its batches: device memory, and late compilations."""
+
+    def memory(self, read: Callable[[], DeviceStats], every: float = 1.0) -> None: ...
+
+    def count_recompiles(self) -> None: ...
+
+    def recompiled(self) -> None: ...
+
+
+ObserverFactory = Callable[[str], CopyObserver]
+"""Builds the observer of the copy with the given metrics label (the serving layer's metrics)."""
+
+
+@dataclass(eq=False)
+class Replica:
+    """Everything one copy owns; `outstanding` is what the replica set balances on."""
+
+    device: torch.device
+    label: str  # the metrics' device label: `cuda:1`, or `cpu#0` / `cpu#1` for copies on one device
+    predictor: Predictor
+    executor: ThreadPoolExecutor
+    batcher: Batcher
+    metrics: CopyObserver
+    format: Format
+    example_outputs: Named | None = None
+    backend: CountingBackend | None = None
+    warmed_sizes: tuple[int, ...] = ()
+    outstanding: int = 0  # rows submitted and not yet answered (queued or computing)
+
+    def sample(self, every: float = 1.0) -> None:
+        self.metrics.memory(lambda: device_stats(self.device), every=every)
+
+
+async def load_replica(
+    model: str,
+    label: str,
+    device: torch.device,
+    files: ModelFiles,
+    interface: Interface,
+    settings: TorchFlowSettings,
+    example: list[np.ndarray] | None,
+    observer: ObserverFactory,
+    copies: int = 1,
+) -> Replica:
+    """Load, compile and warm one copy (of `copies`) on its own thread; the thread is shut down if a
+    step fails."""
+    started = time.monotonic()
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"torchflow-{model}-{label}")
+    loop = asyncio.get_running_loop()
+    where = f"in {files.model_dir} on {device}"
+    try:
+        dtype = target_dtype(settings.dtype)
+        cast = dtype if settings.precision == "cast" else None
+        module, fmt = await loop.run_in_executor(
+            executor, load_module, files, device, cast, settings.allow_pickle
+        )
+        metrics = observer(label)
+        backend = None
+        if settings.compile:
+            metrics.count_recompiles()
+            backend = CountingBackend(settings.compile_backend, settings.compile_mode, metrics.recompiled)
+            module = compile_module(module, backend, str(files.weights), copies)
+        predictor = Predictor(module, device, dtype, interface, precision=settings.precision)
+        outputs = None if example is None else await run_example(predictor.run, executor, example, where)
+        sizes: tuple[int, ...] = ()
+        if backend is not None and settings.warmup:
+            wanted = batch_sizes(settings.batch_config())
+            sizes = await run_sizes(predictor.run, executor, wanted, example, interface, where)
+            if not sizes:
+                logger.warning(
+                    "model %s: compile is on, but neither an input example nor the signature gives the "
+                    "shape of a row: nothing was compiled before ready, the first requests compile",
+                    model,
+                )
+    except BaseException:
+        executor.shutdown(wait=True)
+        raise
+    if backend is not None:
+        backend.ready = True  # from here on, every compiled graph is a recompile
+    batcher = Batcher(predictor.run, executor, settings.batch_config(), metrics, device.type)
+    replica = Replica(device, label, predictor, executor, batcher, metrics, fmt, outputs, backend, sizes)
+    replica.sample(every=0)
+    logger.info(
+        "model %s: copy %s ready in %.2fs%s",
+        model,
+        label,
+        time.monotonic() - started,
+        f" ({backend.graphs} graph(s) compiled for rows {list(sizes)})" if backend else "",
+    )
+    return replica

@@ -1,0 +1,88 @@
+"""Keep gRPC `raw_input_contents` as bytes for our models, so numpy decodes them in one step.
+
+MLServer 1.7.1 unpacks raw contents with `struct.unpack` into Python lists (slow, and a buffer of
+the wrong size becomes a 500). For models served by TorchFlowRuntime the converter instead leaves
+each input's bytes in `data`, and `codec` checks the size against the shape and decodes them
+with `np.frombuffer`. Other models in the same server keep MLServer's own path.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from mlserver import types
+from mlserver.grpc import dataplane_pb2 as pb
+from mlserver.grpc.converters import (
+    InferInputTensorConverter,
+    InferRequestedOutputTensorConverter,
+    ModelInferRequestConverter,
+    ParametersConverter,
+)
+
+from ..errors import InvalidInput
+from .targets import Patch, Target
+
+_models: set[str] = set()
+_original = ModelInferRequestConverter.to_types
+
+
+def register(model_name: str) -> None:
+    """Called for each TorchFlow model, in every process that builds it (the main one converts)."""
+    _models.add(model_name)
+
+
+def unregister(model_name: str) -> None:
+    _models.discard(model_name)
+
+
+def install() -> None:
+    ModelInferRequestConverter.to_types = classmethod(_to_types)  # type: ignore[method-assign,assignment,arg-type]
+
+
+def _to_types(cls: type, pb_object: pb.ModelInferRequest) -> types.InferenceRequest:
+    return _convert(pb_object)
+
+
+def _convert(pb_object: pb.ModelInferRequest) -> types.InferenceRequest:
+    if pb_object.model_name not in _models or not pb_object.raw_input_contents:
+        try:
+            return _original(pb_object)
+        except (struct.error, ValueError, TypeError, KeyError, IndexError, OverflowError) as err:
+            # MLServer unpacks raw contents before it looks the model up: for an unknown (or another
+            # runtime's) model a buffer of the wrong size or an odd datatype was an INTERNAL error.
+            raise InvalidInput(
+                f"raw_input_contents do not match the inputs' datatypes and shapes ({err}); send one "
+                "buffer per input holding exactly the shape's values."
+            ) from err
+    request = types.InferenceRequest.model_construct(
+        id=pb_object.id,
+        parameters=ParametersConverter.to_types(pb_object.parameters),
+        inputs=[InferInputTensorConverter.to_types(inp) for inp in pb_object.inputs],
+    )
+    if pb_object.outputs:
+        request.outputs = [InferRequestedOutputTensorConverter.to_types(o) for o in pb_object.outputs]
+    raw = list(pb_object.raw_input_contents)
+    empty = [inp for inp in request.inputs if not inp.data]
+    if len(raw) != len(empty):
+        raise InvalidInput(
+            f"the request has {len(raw)} raw_input_contents for {len(empty)} inputs without "
+            "contents; send one raw buffer per input, in input order."
+        )
+    for inp, buffer in zip(empty, raw, strict=False):
+        inp.data = types.TensorData.model_construct(root=buffer)
+    return request
+
+
+PATCH = Patch(
+    name="grpc_raw",
+    why="keep raw_input_contents as bytes for our models (numpy decodes them; a wrong size is a 400)",
+    targets=(
+        Target(
+            "mlserver.grpc.converters:ModelInferRequestConverter.to_types",
+            "mlserver",
+            ("1.7.1",),
+            "d0789c311998",
+        ),
+    ),
+    install=install,
+)

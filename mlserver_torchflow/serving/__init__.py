@@ -1,0 +1,1 @@
+"""The MLServer side: the runtime class, its log lines and its metrics."""

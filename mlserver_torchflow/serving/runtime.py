@@ -1,0 +1,239 @@
+"""TorchFlowRuntime: a thin MLServer runtime; the work lives in the layers below it.
+
+MLServer calls each hook with a contract of its own:
+- `__init__(settings)`: once per model, in every process that serves it. Installs the patches (once
+  per process), reads the server settings (once per process) and registers the REST extras.
+- `load()`: find, load, place and warm up the model. Returns True or raises: with parallel workers a
+  False would still report ready. A failure at startup makes the process exit 3 (patches.startup).
+- `predict(request)`: decode and check, batch, run, encode. Every client error is a `TorchFlowError`
+  with its status; anything the model raises becomes a 500 with one line, the traceback in the log.
+- `metadata()`: the V2 interface from the signature, plus `torchflow.*` facts about the load.
+- `unload()`: also after a failed load, so every attribute may be missing. Frees each device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from mlserver import MLModel
+from mlserver.errors import InvalidModelURI
+from mlserver.handlers.custom import CustomHandler, register_custom_handler
+from mlserver.settings import ModelParameters, ModelSettings
+from mlserver.types import InferenceRequest, InferenceResponse, MetadataModelResponse
+from mlserver.utils import to_absolute_path
+
+from .. import patches
+from ..common import first_line, logger
+from ..config import load_settings, server_settings
+from ..engine.compiling import describe as describe_compile
+from ..engine.examples import load_example
+from ..engine.layout import MLMODEL, ModelFiles, locate
+from ..engine.replica import Replica
+from ..engine.replicas import load_replicas
+from ..engine.versions import check_versions
+from ..errors import ModelExecutionError, ModelLoadError, TorchFlowError
+from ..patches import grpc_raw, startup
+from ..protocol.codec import check_requested, decode_request, encode_outputs
+from ..protocol.metadata import build_metadata, observed_outputs, triton_config
+from ..protocol.signature import Interface, interface_from_mlmodel
+from . import logs
+from .metrics import BatchMetrics
+
+
+class TorchFlowRuntime(MLModel):
+    """Serves one MLflow PyTorch model over V2 REST and gRPC."""
+
+    def __init__(self, settings: ModelSettings):
+        _take_over_batching(settings)
+        super().__init__(settings)
+        patches.install()
+        logs.configure(server_settings().log_format)
+        # Registered in every process that builds the model: the main one converts gRPC requests.
+        grpc_raw.register(settings.name)
+        # MLServer adds the REST routes of members carrying a custom handler, per model instance.
+        self.triton_config = self._triton_config_handler()
+
+    @property
+    def copies(self) -> tuple[Replica, ...]:
+        """The loaded copies of the model (one per device entry); empty before load and after unload."""
+        batcher = self.__dict__.get("_batcher")
+        return tuple(batcher.replicas) if batcher is not None else ()
+
+    async def load(self) -> bool:
+        """Raises on failure (never returns False: with parallel workers False still reports ready)."""
+        at_startup = startup.during_startup()
+        try:
+            return await self._load()
+        except Exception as err:
+            if at_startup:
+                # Readiness goes false before MLServer unregisters the model (see startup.py).
+                startup.mark_failed()
+            when = " at startup" if at_startup else ""
+            if isinstance(err, TorchFlowError):
+                logger.error("model %s failed to load%s: %s", self.name, when, err)
+            else:
+                logger.exception(
+                    "model %s failed to load%s: %s: %s", self.name, when, type(err).__name__, err
+                )
+            raise
+
+    async def _load(self) -> bool:
+        started = time.monotonic()
+        self.torchflow = load_settings(self._extra())
+        self._limits = self.torchflow.request_limits()
+        files = locate(self._model_path())
+        interface = _interface(files)
+        versions = check_versions(files, self.torchflow.strict_versions)
+        example = load_example(files, interface) if self.torchflow.warmup else None
+        # One copy per device, each with its own executor thread and batcher (replicas.py).
+        self._batcher = await load_replicas(
+            self.name, files, interface, self.torchflow, example, lambda label: BatchMetrics(self.name, label)
+        )
+        first = self._batcher.replicas[0]
+        if interface.outputs is None and first.example_outputs is not None:
+            interface = dataclasses.replace(interface, outputs=observed_outputs(first.example_outputs))
+            for replica in self._batcher.replicas:
+                replica.predictor.interface = interface
+        self._interface = interface
+        self._facts = {
+            "format": first.format.value,
+            "device": self._batcher.describe(),
+            "dtype": self.torchflow.dtype,
+            "precision": self.torchflow.precision,
+            "compile": describe_compile(first.backend, first.warmed_sizes) if first.backend else "off",
+            "weights": str(files.weights),
+            "warmed_up": str(example is not None).lower(),
+            **{f"version.{c.package}": c.state() for c in versions},
+        }
+        logger.info(
+            "loaded model %s (%s, %s) from %s on %s in %.2fs",
+            self.name,
+            first.format.value,
+            self.torchflow.dtype,
+            files.weights,
+            self._batcher.describe(),
+            time.monotonic() - started,
+        )
+        return True
+
+    def _triton_config_handler(self) -> Callable[[], Awaitable[dict[str, Any]]]:
+        async def model_config() -> dict[str, Any]:
+            # With parallel workers this runs in the main process, where load() never ran: read the
+            # signature from disk then (no torch needed).
+            settings = getattr(self, "torchflow", None) or load_settings(self._extra())
+            interface = getattr(self, "_interface", None) or interface_from_mlmodel(
+                locate(self._model_path()).mlmodel
+            )
+            batch = settings.batch_config()
+            return triton_config(
+                self.name,
+                interface.inputs,
+                interface.outputs,
+                batch.max_batch_size,
+                batch.preferred_batch_sizes,
+                batch.max_batch_time,
+            )
+
+        # With parallel workers MLServer calls the handler by name on the worker's model.
+
+        model_config.__name__ = "triton_config"
+
+        register_custom_handler(
+            CustomHandler(rest_path=f"/v2/models/{self.name}/config", rest_method="GET"), model_config
+        )
+        return model_config
+
+    def _extra(self) -> dict[str, Any] | None:
+        return self.settings.parameters.extra if self.settings.parameters else None
+
+    def _model_path(self) -> str:
+        """`parameters.uri` resolved as MLServer does; `locate` explains what is missing."""
+        uri = self.settings.parameters.uri if self.settings.parameters else None
+        if not uri:
+            raise InvalidModelURI(self.name)
+        parsed = urllib.parse.urlparse(uri, scheme="file")
+        if parsed.scheme != "file":
+            raise ModelLoadError(
+                f"parameters.uri {uri!r} is not a local path: TorchFlowRuntime reads models from disk "
+                "(in KServe the storage-initializer downloads them to /mnt/models)."
+            )
+        return to_absolute_path(self.settings, parsed.path)
+
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        try:
+            return await self._predict(payload)
+        except TorchFlowError as err:
+            headers = payload.parameters.headers if payload.parameters is not None else None
+            logs.request_failed(self.name, payload.id, headers, err)
+            logs.tag_with_request_id(err, payload.id)
+            raise
+
+    async def _predict(self, payload: InferenceRequest) -> InferenceResponse:
+        interface = self._interface
+        known = [s.name for s in interface.outputs] if interface.outputs else None
+        requested = check_requested(payload, known)
+        arrays = decode_request(payload, interface, self._limits)
+        try:
+            named = await self._batcher.submit(arrays)
+        except TorchFlowError:
+            raise
+        except Exception as err:
+            # Logged with its traceback by predict(), as one failed request.
+            line = first_line(str(err))
+            raise ModelExecutionError(
+                f"model {self.name!r} failed on this request: {type(err).__name__}: {line}"
+            ) from err
+        # Built from checked parts: skip pydantic's second validation on the hot path.
+        return InferenceResponse.model_construct(
+            model_name=self.name,
+            model_version=self.version,
+            id=payload.id,
+            parameters=None,
+            outputs=encode_outputs(named, interface, requested),
+        )
+
+    async def metadata(self) -> MetadataModelResponse:
+        interface = self._interface
+        return build_metadata(self.name, self.version, interface.inputs, interface.outputs, self._facts)
+
+    async def unload(self) -> bool:
+        """Also called after a failed load, so every attribute may be missing."""
+        started = time.monotonic()
+        grpc_raw.unregister(self.name)
+        # Every copy's batcher, thread and module go, then each device's memory is released, even
+        # while MLServer still holds this object.
+        replicas = self.__dict__.pop("_batcher", None)
+        if replicas is not None:
+            await replicas.close()
+        logger.info("unloaded model %s in %.2fs", self.name, time.monotonic() - started)
+        return True
+
+
+def _interface(files: ModelFiles) -> Interface:
+    """The signature's interface; a broken signature names the MLmodel it is in."""
+    try:
+        return interface_from_mlmodel(files.mlmodel)
+    except ModelLoadError as err:
+        raise ModelLoadError(f"{files.model_dir / MLMODEL}: {err}") from err
+
+
+def _take_over_batching(settings: ModelSettings) -> None:
+    """Move MLServer's `max_batch_size` / `max_batch_time` into our settings, and zero MLServer's copy.
+
+    MLServer's generic batcher wraps any model with `max_batch_size > 1`; ours replaces it. The values
+    go into `parameters.extra`, which travels to parallel workers with the rest of the settings.
+    """
+    if settings.max_batch_size <= 1:
+        return
+    if settings.parameters is None:
+        settings.parameters = ModelParameters()
+    extra = settings.parameters.extra if settings.parameters.extra is not None else {}
+    extra.setdefault("max_batch_size", settings.max_batch_size)
+    extra.setdefault("max_batch_time", settings.max_batch_time)
+    settings.parameters.extra = extra
+    settings.max_batch_size = 0
+    settings.max_batch_time = 0
