@@ -1,7 +1,7 @@
-"""Adaptive batching on decoded tensors, counted in rows, with each request isolated.
+"""Adaptive batching on decoded tensors, counted in rows, with each request isolated: when a batch runs.
 
 Requests arrive already validated and decoded (a bad one got its 400 before reaching here). Those
-with the same trailing shapes and dtypes are concatenated, run in one forward pass on the model's
+that `merging` says may share a pass are concatenated, run in one forward pass on the model's
 executor thread, and the outputs are split back by row counts. When the device is idle and nothing
 is queued, a request runs at once; while a batch runs, arrivals accumulate until `max_batch_size`
 rows or `max_batch_time` after the oldest arrival, whichever comes first.
@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -24,6 +24,7 @@ from ..common import Named, logger, rows_of
 from ..config import BatchConfig
 from ..errors import QueueFull, QueueTimeout, RequestTooLarge, Unloading
 from .device import is_out_of_memory
+from .merging import BatchKey, batch_key, concatenate, has_batch_dimension, join, padded_rows, split
 
 RunFn = Callable[[list[np.ndarray]], Named]
 # Batches handed to the executor at once. On CUDA 2: the next batch waits in the executor's queue and
@@ -47,16 +48,9 @@ class BatchObserver(Protocol):
 class _Item:
     arrays: list[np.ndarray]
     rows: int
-    key: tuple[Any, ...]
+    key: BatchKey
     future: asyncio.Future[Named]
     enqueued: float = field(default_factory=time.monotonic)
-
-
-def batch_key(arrays: list[np.ndarray]) -> tuple[Any, ...] | None:
-    """Requests merge only when every input has the same dtype and trailing shape, and one row count."""
-    if not arrays or any(a.ndim == 0 for a in arrays) or len({a.shape[0] for a in arrays}) != 1:
-        return None
-    return tuple((a.dtype.str, a.shape[1:]) for a in arrays)
 
 
 class Batcher:
@@ -171,7 +165,7 @@ class Batcher:
         self._pending = alive
         self._metrics.queue_rows(self._queued_rows)
 
-    def _take(self, key: tuple[Any, ...]) -> list[_Item]:
+    def _take(self, key: BatchKey) -> list[_Item]:
         """FIFO among compatible requests, up to max_batch_size rows (a larger request runs alone)."""
         taken: list[_Item] = []
         rows = 0
@@ -209,10 +203,8 @@ class Batcher:
             elif len(items) == 1:
                 _deliver(items[0], outputs)
             else:
-                offset = 0
-                for item in items:
-                    _deliver(item, [(name, array[offset : offset + item.rows]) for name, array in outputs])
-                    offset += item.rows
+                for item, answer in zip(items, split(outputs, [i.rows for i in items]), strict=True):
+                    _deliver(item, answer)
         except Exception as err:
             if len(items) > 1:  # find the culprit: every other request still gets its answer
                 await asyncio.gather(*(self._execute([i]) for i in items))
@@ -225,13 +217,8 @@ class Batcher:
     async def _forward(self, items: list[_Item]) -> Named | None:
         """One pass over the concatenated rows; on out-of-memory, halves and retries."""
         rows = sum(i.rows for i in items)
-        arrays = [
-            np.concatenate([i.arrays[k] for i in items]) if len(items) > 1 else items[0].arrays[k]
-            for k in range(len(items[0].arrays))
-        ]
-        padded = _preferred(rows, self.config.preferred_batch_sizes) if self._splittable else rows
-        if padded > rows:
-            arrays = [np.concatenate([a, np.zeros((padded - rows, *a.shape[1:]), a.dtype)]) for a in arrays]
+        padded = padded_rows(rows, self.config.preferred_batch_sizes) if self._splittable else rows
+        arrays = concatenate([i.arrays for i in items], padded)
         try:
             outputs = await self._timed(arrays, padded)
         except Exception as err:
@@ -252,8 +239,8 @@ class Batcher:
             first, second = await self._forward(items[:half]), await self._forward(items[half:])
             if first is None or second is None:
                 return None
-            return [(name, np.concatenate([a, b])) for (name, a), (_, b) in zip(first, second)]
-        if any(a.ndim == 0 or a.shape[0] != padded for _, a in outputs):
+            return join(first, second)
+        if not has_batch_dimension(outputs, padded):
             if len(items) > 1 or padded > rows:
                 self._splittable = False
                 logger.warning("model outputs have no batch dimension: batching is off for this model")
@@ -279,7 +266,3 @@ def _deliver(item: _Item, result: Named | BaseException) -> None:
         item.future.set_exception(result)
     else:
         item.future.set_result(result)
-
-
-def _preferred(rows: int, sizes: tuple[int, ...]) -> int:
-    return min((s for s in sizes if s >= rows), default=rows)

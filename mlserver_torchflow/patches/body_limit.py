@@ -10,9 +10,9 @@ refuses, with a 413, a body whose `Content-Length`, streamed size or gunzipped s
 
 The refusals answer `{"error": ...}` like every other error: they are `BodyTooLarge` / `BadRequest`
 that are also FastAPI `HTTPException`s, because FastAPI turns any other exception raised while it
-reads the body into a bare 400 ("There was an error parsing the body") and re-raises only those;
-Starlette then picks the handler by the exception's MRO, where MLServer's `MLServerError` handler
-comes first.
+reads the body into a bare 400 ("There was an error parsing the body") and re-raises only those.
+Starlette then picks the handler by the exception's MRO: our error class comes first in it, so
+MLServer's `MLServerError` handler answers, not FastAPI's `{"detail": ...}` one.
 
 It is the narrowest hook MLServer offers: `create_app` takes no middleware, and
 `_custom_rest_server_settings` is a private attribute that settings.json cannot set. The real cap
@@ -29,28 +29,32 @@ from fastapi import HTTPException
 from mlserver.rest import requests as mlserver_requests
 
 from ..config import SERVER_ENV_PREFIX, server_settings
-from ..errors import BadRequest, BodyTooLarge, TorchFlowError
+from ..errors import BadRequest, BodyTooLarge
 from .targets import Patch, Target
 
 ENV = f"{SERVER_ENV_PREFIX}MAX_BODY_BYTES"
 
 
 class _Refusal(HTTPException):
-    """Mixed into our errors so that FastAPI lets them through to MLServer's error handler."""
+    """Mixed in after our error class, so that FastAPI lets it through to MLServer's error handler.
+
+    Reached from `MLServerError.__init__`'s `super().__init__(msg)`: HTTPException's own `__init__`
+    would take the message for a status code, so only the attributes its handlers read are set.
+    """
 
     def __init__(self, msg: str) -> None:
-        TorchFlowError.__init__(self, msg)  # type: ignore[arg-type]
+        Exception.__init__(self, msg)
         self.detail, self.headers = msg, None
 
     def __str__(self) -> str:
         return str(self.detail)
 
 
-class BodyRefused(_Refusal, BadRequest):
+class BodyRefused(BadRequest, _Refusal):
     """A gzip body that is corrupt or truncated (400)."""
 
 
-class BodyCapped(_Refusal, BodyTooLarge):
+class BodyCapped(BodyTooLarge, _Refusal):
     """A body over the cap (413)."""
 
 

@@ -1,6 +1,6 @@
 """50 unload/load cycles of one model through MLServer's repository API, with memory and threads flat.
 
-The server logs in JSON (`MLSERVER_MODEL_TORCHFLOW_LOG_FORMAT=json`), so the same run checks that the
+The server logs in JSON (`MLSERVER_TORCHFLOW_LOG_FORMAT=json`), so the same run checks that the
 runtime's load and unload lines parse, with their timings.
 """
 
@@ -34,7 +34,7 @@ def _cycle(srv: Server) -> None:
 
 def test_load_unload_cycles_keep_memory_flat(tmp_path: Path, mlp: dict[str, Saved]) -> None:
     write_model_settings(tmp_path / "mlp", "mlp", mlp["pt2"].path)
-    srv = Server(tmp_path, env={"MLSERVER_MODEL_TORCHFLOW_LOG_FORMAT": "json"}).start()
+    srv = Server(tmp_path, env={"MLSERVER_TORCHFLOW_LOG_FORMAT": "json"}).start()
     try:
         srv.wait_ready(["mlp"])
         assert srv.proc is not None

@@ -19,8 +19,9 @@ from mlserver.settings import ModelParameters, ModelSettings
 from mlserver_torchflow import TorchFlowRuntime
 from mlserver_torchflow.common import Named
 from mlserver_torchflow.config import BatchConfig
-from mlserver_torchflow.engine.batching import Batcher, batch_key
+from mlserver_torchflow.engine.batching import Batcher
 from mlserver_torchflow.engine.inference import Predictor
+from mlserver_torchflow.engine.merging import batch_key
 from mlserver_torchflow.errors import QueueFull, QueueTimeout, RequestTooLarge, Retryable, Unloading
 from mlserver_torchflow.protocol.signature import Interface
 from mlserver_torchflow.serving.metrics import BatchMetrics

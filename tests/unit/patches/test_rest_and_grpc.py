@@ -9,12 +9,22 @@ from typing import Any
 
 import pytest
 from fastapi import HTTPException
+from fastapi.exception_handlers import http_exception_handler
+from mlserver.rest.errors import _EXCEPTION_HANDLERS, handle_mlserver_error
 from mlserver.rest.requests import Request
+from starlette._exception_handler import _lookup_exception_handler
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mlserver_torchflow import patches
 from mlserver_torchflow.config import server_settings
 from mlserver_torchflow.errors import BadRequest, BodyTooLarge, InvalidInput
 from mlserver_torchflow.patches import body_limit
+
+
+def answered_by(err: Exception) -> object:
+    """The handler Starlette picks for `err` among MLServer's and FastAPI's own, as in the server."""
+    handlers = {**_EXCEPTION_HANDLERS, StarletteHTTPException: http_exception_handler}
+    return _lookup_exception_handler(handlers, err)  # type: ignore[arg-type]
 
 
 @pytest.fixture(autouse=True)
@@ -56,7 +66,8 @@ def test_body_cap_by_content_length_stream_and_gunzip(monkeypatch: pytest.Monkey
             _body(b"x" * 1001, headers, chunk=100)
         assert err.value.status_code == 413 and body_limit.ENV in str(err.value.detail)
         # Also our own error, so MLServer's handler answers it as {"error": ...} (not {"detail": ...}).
-        assert isinstance(err.value, BodyTooLarge) and body_limit.ENV in str(err.value)
+        assert isinstance(err.value, BodyTooLarge) and str(err.value).startswith("the request body")
+        assert answered_by(err.value) is handle_mlserver_error
     monkeypatch.setenv(body_limit.ENV, "20000")
     server_settings.cache_clear()
     bomb = gzip.compress(b"0" * 10_000_000)
@@ -69,6 +80,7 @@ def test_body_cap_by_content_length_stream_and_gunzip(monkeypatch: pytest.Monkey
         with pytest.raises(HTTPException) as err:
             _body(broken, {"content-encoding": "gzip"})
         assert err.value.status_code == 400 and isinstance(err.value, BadRequest)
+        assert answered_by(err.value) is handle_mlserver_error
     monkeypatch.setenv(body_limit.ENV, "0")
     server_settings.cache_clear()
     assert len(_body(b"x" * 5000, {})) == 5000
