@@ -51,7 +51,11 @@ class TorchFlowRuntime(MLModel):
         _take_over_batching(settings)
         super().__init__(settings)
         patches.install()
-        logs.configure(server_settings().log_format)
+        try:
+            logs.configure(server_settings().log_format)
+        except ModelLoadError as err:  # raised before load(): say why here, as load() would
+            logger.error("model %s failed to load: %s", settings.name, err)
+            raise
         # Registered in every process that builds the model: the main one converts gRPC requests.
         grpc_raw.register(settings.name)
         # MLServer adds the REST routes of members carrying a custom handler, per model instance.
@@ -70,7 +74,7 @@ class TorchFlowRuntime(MLModel):
             return await self._load()
         except Exception as err:
             if at_startup:
-                # Readiness goes false before MLServer unregisters the model (see startup.py).
+                # Readiness goes false before MLServer unregisters the model (patches/startup.py).
                 startup.mark_failed()
             when = " at startup" if at_startup else ""
             if isinstance(err, TorchFlowError):
@@ -89,7 +93,7 @@ class TorchFlowRuntime(MLModel):
         interface = _interface(files)
         versions = check_versions(files, self.torchflow.strict_versions)
         example = load_example(files, interface) if self.torchflow.warmup else None
-        # One copy per device, each with its own executor thread and batcher (replicas.py).
+        # One copy per device, each with its own executor thread and batcher (engine/replicas.py).
         self._batcher = await load_replicas(
             self.name, files, interface, self.torchflow, example, lambda label: BatchMetrics(self.name, label)
         )
@@ -139,7 +143,6 @@ class TorchFlowRuntime(MLModel):
             )
 
         # With parallel workers MLServer calls the handler by name on the worker's model.
-
         model_config.__name__ = "triton_config"
 
         register_custom_handler(

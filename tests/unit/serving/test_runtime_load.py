@@ -203,3 +203,22 @@ def test_gpu_exported_pt2_loads_on_a_cpu_host(tmp_path: Path, mlp: dict[str, Sav
     model = load(tmp_path / "m", device="cpu")
     x = np.random.default_rng(4).random((3, 4), dtype=np.float32)
     np.testing.assert_allclose(predict(model, x), mlp["pt2"].expected(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("variable", "value"), [("MAX_BODY_BYTES", "lots"), ("LOG_FORMAT", "xml")])
+def test_a_bad_server_setting_fails_the_model_with_the_variable_named(
+    monkeypatch: pytest.MonkeyPatch, mlp: dict[str, Saved], variable: str, value: str
+) -> None:
+    """Never silently: a bad process-wide value used to fall back to the defaults."""
+    from mlserver_torchflow.config import server_settings
+
+    monkeypatch.setenv(f"MLSERVER_TORCHFLOW_{variable}", value)
+    server_settings.cache_clear()
+    try:
+        with pytest.raises(
+            ModelLoadError, match=f"invalid server settings \\({variable.lower()}: .*MLSERVER_TORCHFLOW_"
+        ):
+            runtime(mlp["pt2"].path)
+    finally:
+        monkeypatch.delenv(f"MLSERVER_TORCHFLOW_{variable}")
+        server_settings.cache_clear()
