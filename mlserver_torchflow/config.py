@@ -109,6 +109,12 @@ class TorchFlowSettings(BaseSettings):
     def request_limits(self) -> RequestLimits:
         return RequestLimits(max_rows=self.max_request_rows, max_elements=self.max_request_elements)
 
+    verify_weights: bool = True
+    """Check the CRC-32 of every member of a zip-based weights file (pickle, TorchScript, pt2 and the
+    archives inside it) before the model is built: a damaged copy fails the load instead of serving
+    wrong values. One streaming read of the file (docs/operations.md gives the cost per GB); turn it
+    off only for a store you trust."""
+
     allow_pickle: bool = True
     """Load pickled `model.pth` files (MLflow 1.x/2.x). `false` refuses them before anything is
     unpickled, and loads pt2 weights-only; pt2 and TorchScript still load (see docs/operations.md)."""

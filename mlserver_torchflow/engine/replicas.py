@@ -17,7 +17,9 @@ from ..common import Named, rows_of
 from ..config import TorchFlowSettings
 from ..protocol.signature import Interface
 from .device import describe, release, resolve_devices
+from .integrity import check_weights
 from .layout import ModelFiles
+from .loading import sniff_format
 from .replica import ObserverFactory, Replica, load_replica
 
 
@@ -89,6 +91,9 @@ async def load_replicas(
     """Every copy loads and warms up concurrently (each on its own thread); if one fails, the others
     are closed and the first failure is raised."""
     devices = resolve_devices(settings.device, settings.devices)
+    if settings.verify_weights:  # once per model, however many copies load it
+        sniff_format(files.weights)  # a truncated or foreign file is named as such before its members
+        await asyncio.to_thread(check_weights, files.weights)
     results = await asyncio.gather(
         *(
             load_replica(model, label, device, files, interface, settings, example, observer, len(devices))

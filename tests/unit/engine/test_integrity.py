@@ -1,0 +1,109 @@
+"""A damaged weights file is refused at load, never served: bytes flipped inside a member, the zip's
+directory intact, in every format, and inside the archive a pt2 stores within itself.
+
+Each refusal has its positive control: with `verify_weights: false` the same damaged copy loads and
+answers wrong values, so the check is what stands between the damage and the client.
+"""
+
+from __future__ import annotations
+
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlserver_torchflow.engine.integrity import check_weights
+from mlserver_torchflow.errors import ModelLoadError
+from tests import builders as b
+from tests.conftest import Saved
+from tests.inprocess import load, predict
+
+
+def weights_of(folder: Path) -> Path:
+    return next((folder / "data").glob("model.*"))
+
+
+def largest(path: Path, tensors_only: bool = True) -> str:
+    """The largest member holding tensor bytes: torch.save/jit storages are `<archive>/data/<n>`, pt2
+    weights `<archive>/data/weights/weight_<n>`."""
+    with zipfile.ZipFile(path) as archive:
+        infos = [
+            i
+            for i in archive.infolist()
+            if not tensors_only or i.filename.rsplit("/", 1)[-1].isdigit() or "/weights/weight_" in i.filename
+        ]
+    return max(infos, key=lambda i: i.file_size).filename
+
+
+def flip_member(path: Path, member: str) -> str:
+    """Flips up to 2,000 bytes of `member`'s data in place: the zip's directory, and the CRC-32 it
+    records, stay as saved (what a bad copy or a bit rot does). Returns `member`."""
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(member)
+    assert info.compress_type == zipfile.ZIP_STORED  # torch stores members uncompressed
+    data = bytearray(path.read_bytes())
+    # The local header's name and extra lengths (the extra field may differ from the directory's).
+    name_len = int.from_bytes(data[info.header_offset + 26 : info.header_offset + 28], "little")
+    extra_len = int.from_bytes(data[info.header_offset + 28 : info.header_offset + 30], "little")
+    start = info.header_offset + 30 + name_len + extra_len
+    for k in range(start, start + min(2000, info.file_size)):
+        data[k] ^= 0x5A
+    path.write_bytes(bytes(data))
+    return member
+
+
+@pytest.mark.parametrize("fmt", b.FORMATS)
+def test_flipped_bytes_in_a_tensor_are_refused_naming_file_and_member(
+    tmp_path: Path, mlp: dict[str, Saved], fmt: str
+) -> None:
+    shutil.copytree(mlp[fmt].path, tmp_path / "m")
+    weights = weights_of(tmp_path / "m")
+    member = flip_member(weights, largest(weights))
+    with pytest.raises(ModelLoadError) as info:
+        load(tmp_path / "m")
+    message = str(info.value)
+    assert f"the weights file {weights}" in message and repr(member) in message, message
+    assert "CRC-32" in message and "upload the model again" in message, message
+
+    # Positive control: torch itself loads the damaged copy and answers with other values.
+    unchecked = load(tmp_path / "m", name=f"unchecked-{fmt}", verify_weights=False)
+    x = np.random.default_rng(7).random((4, 4), dtype=np.float32)
+    assert not np.allclose(predict(unchecked, x), mlp[fmt].expected(x), rtol=1e-4, atol=1e-5)
+
+
+def test_a_damaged_archive_inside_a_pt2_is_refused(tmp_path: Path, mlp: dict[str, Saved]) -> None:
+    """pt2 stores torch.save archives within itself (its sample inputs): their members are checked too,
+    and the message names the inner member."""
+    shutil.copytree(mlp["pt2"].path, tmp_path / "m")
+    weights = weights_of(tmp_path / "m")
+    with zipfile.ZipFile(weights) as archive:
+        inner = next(i for i in archive.infolist() if i.filename.endswith(".pt"))
+        with zipfile.ZipFile(archive.open(inner)) as nested:  # type: ignore[arg-type]
+            inner_members = nested.namelist()
+    assert inner_members
+    # Rebuild the inner archive with one flipped storage byte, keeping the inner CRC of the original:
+    # the outer archive's CRC is recomputed by writestr, so only the inner check can see it.
+    with zipfile.ZipFile(weights) as archive:
+        entries = {i.filename: archive.read(i.filename) for i in archive.infolist()}
+    inner_path = tmp_path / "inner.pt"
+    inner_path.write_bytes(entries[inner.filename])
+    target = flip_member(inner_path, largest(inner_path, tensors_only=False))
+    entries[inner.filename] = inner_path.read_bytes()
+    with zipfile.ZipFile(weights, "w", zipfile.ZIP_STORED) as rebuilt:
+        for name, data in entries.items():
+            rebuilt.writestr(name, data)
+    with pytest.raises(ModelLoadError, match="CRC-32") as info:
+        check_weights(weights)
+    assert f"{inner.filename}:{target}" in str(info.value), info.value
+
+
+def test_an_intact_file_is_checked_member_by_member(mlp: dict[str, Saved]) -> None:
+    for fmt in b.FORMATS:
+        weights = weights_of(mlp[fmt].path)
+        checked = check_weights(weights)
+        with zipfile.ZipFile(weights) as archive:
+            outer = [i for i in archive.infolist() if not i.is_dir()]
+        assert checked is not None and checked.members >= len(outer)
+        assert checked.nbytes == sum(i.file_size for i in outer)
