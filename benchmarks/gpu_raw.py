@@ -106,7 +106,7 @@ def main() -> None:
     spec = gpu_models.specs(args.scale)[args.key]
     files = locate(str(args.model))
     device = resolve_device(args.device)
-    module, fmt = load_module(files, device, target_dtype(args.dtype))
+    module, fmt, _ = load_module(files, device, target_dtype(args.dtype))
     predictor = Predictor(module, device, target_dtype(args.dtype), interface_from_mlmodel(files.mlmodel))
     args.out.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"format": fmt.value, "device": str(device), "forward": {}, "runtime_pass": {}}

@@ -7,13 +7,15 @@ import sys
 import threading
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from ..common import first_line, major_minor
 from ..errors import ModelLoadError
 from ..patches.torch_load import pt2_weights_on_cpu, weights_only
+from ..protocol.shapes import ShapeRules
+from .guards import rules_of
 from .layout import ModelFiles
 
 
@@ -75,9 +77,17 @@ def _damaged(path: Path, size: int, found: str) -> str:
     )
 
 
+class Loaded(NamedTuple):
+    """A loaded model: the module, its format, and (pt2 only) its exported input-shape rules."""
+
+    module: Any
+    format: Format
+    rules: ShapeRules | None = None
+
+
 def load_module(
     files: ModelFiles, device: torch.device, dtype: torch.dtype | None, allow_pickle: bool = True
-) -> tuple[Any, Format]:
+) -> Loaded:
     """The model on `device`, in inference form, with floating weights cast to `dtype` if given.
 
     With `allow_pickle` false nothing in the file goes through Python's unpickler: a pickled model is
@@ -90,7 +100,7 @@ def load_module(
     loader = {Format.PICKLE: _load_pickle, Format.TORCHSCRIPT: _load_torchscript, Format.PT2: _load_pt2}[fmt]
     try:
         with _LOAD_LOCK, weights_only(not allow_pickle):
-            module = loader(files, device)
+            module, rules = loader(files, device)
     except ModelLoadError:
         raise
     except Exception as err:
@@ -102,7 +112,7 @@ def load_module(
         module.eval()
     if dtype is not None:
         module = module.to(dtype)
-    return module, fmt
+    return Loaded(module, fmt, rules)
 
 
 def refuse_pickle(path: Path, fmt: Format) -> None:
@@ -127,7 +137,7 @@ def refuse_pickle(path: Path, fmt: Format) -> None:
             )
 
 
-def _load_pickle(files: ModelFiles, device: torch.device) -> Any:
+def _load_pickle(files: ModelFiles, device: torch.device) -> tuple[Any, None]:
     _add_code_paths(files.code_paths)
     try:
         obj = torch.load(files.weights, map_location=device, weights_only=False)
@@ -150,14 +160,14 @@ def _load_pickle(files: ModelFiles, device: torch.device) -> Any:
             f"{files.weights} unpickles to a {type(obj).__name__}, not a torch.nn.Module. Save the "
             "model with mlflow.pytorch.save_model(model, ...)."
         )
-    return obj
+    return obj, None
 
 
-def _load_torchscript(files: ModelFiles, device: torch.device) -> Any:
-    return torch.jit.load(str(files.weights), map_location=device)
+def _load_torchscript(files: ModelFiles, device: torch.device) -> tuple[Any, None]:
+    return torch.jit.load(str(files.weights), map_location=device), None
 
 
-def _load_pt2(files: ModelFiles, device: torch.device) -> Any:
+def _load_pt2(files: ModelFiles, device: torch.device) -> tuple[Any, ShapeRules | None]:
     with pt2_weights_on_cpu(device):
         program = torch.export.load(str(files.weights))
     current = {
@@ -169,7 +179,7 @@ def _load_pt2(files: ModelFiles, device: torch.device) -> Any:
         from torch.export.passes import move_to_device_pass
 
         program = move_to_device_pass(program, device)
-    return program.module()
+    return program.module(), rules_of(program)
 
 
 def _add_code_paths(paths: tuple[Path, ...]) -> None:

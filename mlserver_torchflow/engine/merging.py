@@ -7,11 +7,13 @@ row-wise concatenation of inputs that agree on every dtype and trailing shape.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
 
 from ..common import Named
+from ..config import BatchConfig
 
 BatchKey = tuple[Any, ...]
 
@@ -22,6 +24,14 @@ def batch_key(arrays: list[np.ndarray]) -> BatchKey | None:
     if not arrays or any(a.ndim == 0 for a in arrays) or len({a.shape[0] for a in arrays}) != 1:
         return None
     return tuple((a.dtype.str, a.shape[1:]) for a in arrays)
+
+
+def within(config: BatchConfig, max_rows: int | None) -> BatchConfig:
+    """`config` with no batch (or padding) larger than `max_rows`, the most a model takes at once."""
+    if max_rows is None or config.max_batch_size <= max_rows:
+        return config
+    sizes = tuple(s for s in config.preferred_batch_sizes if s <= max_rows)
+    return dataclasses.replace(config, max_batch_size=max_rows, preferred_batch_sizes=sizes)
 
 
 def padded_rows(rows: int, preferred: tuple[int, ...]) -> int:

@@ -18,6 +18,7 @@ import torch
 
 from ..common import Named, logger
 from ..config import TorchFlowSettings
+from ..protocol.shapes import ShapeRules
 from ..protocol.signature import Interface
 from .batching import Batcher, BatchObserver
 from .compiling import CountingBackend, compile_module
@@ -25,6 +26,7 @@ from .device import DeviceStats, device_stats, target_dtype
 from .inference import Predictor
 from .layout import ModelFiles
 from .loading import Format, load_module
+from .merging import within
 from .warmup import batch_sizes, run_example, run_sizes
 
 
@@ -56,6 +58,7 @@ class Replica:
     example_outputs: Named | None = None
     backend: CountingBackend | None = None
     warmed_sizes: tuple[int, ...] = ()
+    rules: ShapeRules | None = None  # a pt2 program's input-shape guards
     outstanding: int = 0  # rows submitted and not yet answered (queued or computing)
 
     def sample(self, every: float = 1.0) -> None:
@@ -82,9 +85,10 @@ async def load_replica(
     try:
         dtype = target_dtype(settings.dtype)
         cast = dtype if settings.precision == "cast" else None
-        module, fmt = await loop.run_in_executor(
-            executor, load_module, files, device, cast, settings.allow_pickle
-        )
+        loaded = await loop.run_in_executor(executor, load_module, files, device, cast, settings.allow_pickle)
+        module, fmt = loaded.module, loaded.format
+        # A pt2 program's own bounds on the batch dimension cap what a batch may hold.
+        config = within(settings.batch_config(), loaded.rules.max_rows() if loaded.rules else None)
         metrics = observer(label)
         backend = None
         if settings.compile:
@@ -95,7 +99,7 @@ async def load_replica(
         outputs = None if example is None else await run_example(predictor.run, executor, example, where)
         sizes: tuple[int, ...] = ()
         if backend is not None and settings.warmup:
-            wanted = batch_sizes(settings.batch_config())
+            wanted = batch_sizes(config)
             sizes = await run_sizes(predictor.run, executor, wanted, example, interface, where)
             if not sizes:
                 logger.warning(
@@ -108,8 +112,10 @@ async def load_replica(
         raise
     if backend is not None:
         backend.ready = True  # from here on, every compiled graph is a recompile
-    batcher = Batcher(predictor.run, executor, settings.batch_config(), metrics, device.type)
-    replica = Replica(device, label, predictor, executor, batcher, metrics, fmt, outputs, backend, sizes)
+    batcher = Batcher(predictor.run, executor, config, metrics, device.type)
+    replica = Replica(
+        device, label, predictor, executor, batcher, metrics, fmt, outputs, backend, sizes, loaded.rules
+    )
     replica.sample(every=0)
     logger.info(
         "model %s: copy %s ready in %.2fs%s",

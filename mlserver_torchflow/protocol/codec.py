@@ -48,7 +48,9 @@ def decode_request(
     if interface.inputs is None:
         if not request.inputs:
             raise InvalidInput("the request has no inputs; send at least one tensor.")
-        return [_decode(inp, None, limits) for inp in request.inputs]
+        free = [_decode(inp, None, limits) for inp in request.inputs]
+        _check_rules(interface, [str(i.name) for i in request.inputs], [a.shape for a in free])
+        return free
 
     expected = interface.input_names()
     unknown = [n for n in by_name if n not in expected]
@@ -65,10 +67,19 @@ def decode_request(
         )
     # Every shape is checked against the limits before any input's data is converted.
     checked = [(by_name[s.name], s, _check_shape(by_name[s.name], s, limits)) for s in interface.inputs]
+    if not interface.columns:  # the exported program's rules, before any data is converted
+        _check_rules(interface, expected, [shape for _, _, (shape, _) in checked])
     arrays = [_decode(inp, spec, limits, shape) for inp, spec, shape in checked]
     if interface.columns:
-        return [_stack_columns(arrays, interface.inputs)]
+        stacked = _stack_columns(arrays, interface.inputs)
+        _check_rules(interface, ["the stacked columns"], [stacked.shape])
+        return [stacked]
     return arrays
+
+
+def _check_rules(interface: Interface, names: list[str], shapes: list[tuple[int, ...]]) -> None:
+    if interface.rules is not None:
+        interface.rules.check(names, shapes)
 
 
 def _decode(

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelLoadError
+from .shapes import ShapeRules
 
 # V2 datatype -> numpy dtype; the only datatypes a tensor model takes or returns here.
 V2_TO_NUMPY: dict[str, np.dtype] = {
@@ -52,6 +53,7 @@ class Interface:
     inputs: tuple[TensorSpec, ...] | None
     outputs: tuple[TensorSpec, ...] | None
     columns: bool = False  # a DataFrame signature: the columns are stacked into one 2-D tensor
+    rules: ShapeRules | None = None  # a pt2 program's own shape guards (`shapes`), known after load
 
     def input_names(self) -> list[str]:
         return [s.name for s in self.inputs or ()]

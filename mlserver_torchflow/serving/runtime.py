@@ -39,6 +39,7 @@ from ..errors import ModelExecutionError, ModelLoadError, TorchFlowError
 from ..patches import grpc_raw, startup
 from ..protocol.codec import check_requested, decode_request, encode_outputs
 from ..protocol.metadata import build_metadata, observed_outputs, triton_config
+from ..protocol.shapes import ShapeRules
 from ..protocol.signature import Interface, interface_from_mlmodel
 from . import logs
 from .metrics import BatchMetrics
@@ -100,8 +101,11 @@ class TorchFlowRuntime(MLModel):
         first = self._batcher.replicas[0]
         if interface.outputs is None and first.example_outputs is not None:
             interface = dataclasses.replace(interface, outputs=observed_outputs(first.example_outputs))
-            for replica in self._batcher.replicas:
-                replica.predictor.interface = interface
+        if first.rules is not None:  # a pt2 program's shape guards: checked per request, as 400s
+            interface = dataclasses.replace(interface, rules=first.rules)
+            self._warn_if_one_row(first.rules, interface)
+        for replica in self._batcher.replicas:
+            replica.predictor.interface = interface
         self._interface = interface
         self._facts = {
             "format": first.format.value,
@@ -111,6 +115,7 @@ class TorchFlowRuntime(MLModel):
             "compile": describe_compile(first.backend, first.warmed_sizes) if first.backend else "off",
             "weights": str(files.weights),
             "warmed_up": str(example is not None).lower(),
+            **({"shapes": first.rules.describe(_names(interface))} if first.rules else {}),
             **{f"version.{c.package}": c.state() for c in versions},
         }
         logger.info(
@@ -123,6 +128,16 @@ class TorchFlowRuntime(MLModel):
             time.monotonic() - started,
         )
         return True
+
+    def _warn_if_one_row(self, rules: ShapeRules, interface: Interface) -> None:
+        if rules.max_rows() == 1:
+            logger.warning(
+                "model %s: its pt2 program takes one row per request (%s): it was exported from a "
+                "one-row input example, so a batch holds one row and requests of more rows get a 400. "
+                "Re-save it with an input example of two or more rows.",
+                self.name,
+                rules.describe(_names(interface)),
+            )
 
     def _triton_config_handler(self) -> Callable[[], Awaitable[dict[str, Any]]]:
         async def model_config() -> dict[str, Any]:
@@ -214,6 +229,12 @@ class TorchFlowRuntime(MLModel):
             await replicas.close()
         logger.info("unloaded model %s in %.2fs", self.name, time.monotonic() - started)
         return True
+
+
+def _names(interface: Interface) -> list[str]:
+    """The inputs' names in forward order (`input-N` where the model has no signature)."""
+    count = len(interface.rules.inputs) if interface.rules else 0
+    return interface.input_names() or [f"input-{i}" for i in range(count)]
 
 
 def _interface(files: ModelFiles) -> Interface:

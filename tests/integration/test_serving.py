@@ -274,13 +274,25 @@ INVALID = {
     "strings as numbers": ({"inputs": [_tensor(data=["a"] * 8)]}, ["numbers"]),
     "ragged nesting": ({"inputs": [_tensor(data=[[1, 2, 3, 4], [5, 6]])]}, ["input-0"]),
     "unknown output": ({"inputs": [_tensor()], "outputs": [{"name": "nope"}]}, ["nope", "output-0"]),
+    # The pt2 program shares one batch size between its inputs: a 400 before the model, not its
+    # `Guard failed` as a 500.
+    "rows that must match": (
+        {
+            "inputs": [
+                _tensor(name="features", shape=[3, 4], data=list(range(12))),
+                _tensor(name="extra", shape=[2, 2], data=[1, 2, 3, 4]),
+            ]
+        },
+        ["inputs 'features' and 'extra'", "must be equal"],
+    ),
 }
+TWO_INPUT_CASES = ("missing input", "rows that must match")
 
 
 @pytest.mark.parametrize("case", list(INVALID))
 def test_invalid_input_is_a_clear_400(server: Server, case: str) -> None:
     body, must_contain = INVALID[case]
-    model = "two-pt2" if case == "missing input" else "mlp-canonical-pt2"
+    model = "two-pt2" if case in TWO_INPUT_CASES else "mlp-canonical-pt2"
     status, reply = server.post(f"/v2/models/{model}/infer", body)
     assert status == 400, reply
     assert set(reply) == {"error"}
@@ -323,6 +335,17 @@ def test_grpc_invalid_inputs_are_invalid_argument(grpc: grpcclient.InferenceServ
     short_raw.set_data_from_numpy(np.ones((3, 4), np.float32))
     short_raw._raw_content = short_raw._raw_content[:-4]  # a client bug: one value short
     check([short_raw], "raw_input_contents", "44 bytes")
+
+    features, extra = (
+        grpcclient.InferInput("features", [3, 4], "FP32"),
+        grpcclient.InferInput("extra", [2, 2], "FP32"),
+    )
+    features.set_data_from_numpy(np.ones((3, 4), np.float32))
+    extra.set_data_from_numpy(np.ones((2, 2), np.float32))
+    with pytest.raises(InferenceServerException) as info:
+        grpc.infer("two-pt2", [features, extra])
+    assert info.value.status() == str(grpclib.StatusCode.INVALID_ARGUMENT), info.value
+    assert "inputs 'features' and 'extra'" in info.value.message() and "must be equal" in info.value.message()
 
 
 def test_model_error_is_a_one_line_500_and_server_keeps_serving(server: Server) -> None:
