@@ -42,6 +42,7 @@ from ..protocol.metadata import build_metadata, observed_outputs, triton_config
 from ..protocol.shapes import ShapeRules
 from ..protocol.signature import Interface, interface_from_mlmodel
 from . import logs
+from .advice import advise
 from .metrics import BatchMetrics
 
 
@@ -99,6 +100,8 @@ class TorchFlowRuntime(MLModel):
             self.name, files, interface, self.torchflow, example, lambda label: BatchMetrics(self.name, label)
         )
         first = self._batcher.replicas[0]
+        warmed = example is not None or bool(first.warmed_sizes)
+        advise(self.name, [r.device for r in self._batcher.replicas], self.torchflow.warmup, warmed)
         if interface.outputs is None and first.example_outputs is not None:
             interface = dataclasses.replace(interface, outputs=observed_outputs(first.example_outputs))
         if first.rules is not None:  # a pt2 program's shape guards: checked per request, as 400s
