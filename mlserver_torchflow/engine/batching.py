@@ -229,17 +229,10 @@ class Batcher:
                     f"the request's {rows} rows do not fit in device memory even alone; send fewer "
                     "rows per request."
                 ) from err
-            half = len(items) // 2
-            logger.warning(
-                "out of memory on %d rows; splitting the batch into %d + %d requests",
-                rows,
-                half,
-                len(items) - half,
-            )
-            first, second = await self._forward(items[:half]), await self._forward(items[half:])
-            if first is None or second is None:
-                return None
-            return join(first, second)
+            outputs = None
+        if outputs is None:  # out of memory: halve, outside the handler, with the batch's copy gone
+            del arrays
+            return await self._halves(items, rows)
         if not has_batch_dimension(outputs, padded):
             if len(items) > 1 or padded > rows:
                 self._splittable = False
@@ -247,6 +240,19 @@ class Batcher:
                 return None
             return outputs
         return [(name, a[:rows]) for name, a in outputs]
+
+    async def _halves(self, items: list[_Item], rows: int) -> Named | None:
+        half = len(items) // 2
+        logger.warning(
+            "out of memory on %d rows; splitting the batch into %d + %d requests",
+            rows,
+            half,
+            len(items) - half,
+        )
+        first, second = await self._forward(items[:half]), await self._forward(items[half:])
+        if first is None or second is None:
+            return None
+        return join(first, second)
 
     async def _timed(self, arrays: list[np.ndarray], rows: int) -> Named:
         started = time.monotonic()

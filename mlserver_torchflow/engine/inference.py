@@ -33,17 +33,24 @@ class Predictor:
         self.transfers = Transfers(device)
 
     def run(self, arrays: list[np.ndarray]) -> Named:
-        # inference_mode and autocast are thread-local: entered on the thread that computes.
         try:
-            with torch.inference_mode():
-                tensors = self.transfers.to_device([torch.from_numpy(a) for a in arrays], self.float_dtype)
-                with self.precision.context(self.device):
-                    outputs = self.module(*tensors)
-                return self._collect(outputs)
+            return self._run(arrays)
         except Exception as err:
-            if is_out_of_memory(err):
-                after_out_of_memory(self.device)
-            raise
+            if not is_out_of_memory(err):
+                raise
+            failure = err.with_traceback(None)
+        # Out of memory: the failed pass's frames, which hold its device tensors, went with the
+        # traceback, so the cache is emptied of them before the batcher retries with fewer rows.
+        after_out_of_memory(self.device)
+        raise failure
+
+    def _run(self, arrays: list[np.ndarray]) -> Named:
+        # inference_mode and autocast are thread-local: entered on the thread that computes.
+        with torch.inference_mode():
+            tensors = self.transfers.to_device([torch.from_numpy(a) for a in arrays], self.float_dtype)
+            with self.precision.context(self.device):
+                outputs = self.module(*tensors)
+            return self._collect(outputs)
 
     def _collect(self, outputs: Any) -> Named:
         names = self.interface.output_names(outputs)

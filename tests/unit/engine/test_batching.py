@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -312,6 +313,45 @@ def test_out_of_memory_splits_the_batch_and_a_lone_giant_gets_413() -> None:
 
     asyncio.run(main())
     assert 16 in recorder.batches and max(r for r in recorder.batches if r <= 6) <= 6
+
+
+class OOMHolding(torch.nn.Module):
+    """Allocates a working tensor, then runs out of memory above `limit` rows; records whether the
+    tensors of earlier failed passes were already freed when the next pass starts."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.lin = torch.nn.Linear(4, 2)
+        self.failed: list[weakref.ref[torch.Tensor]] = []
+        self.alive_at_retry: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.alive_at_retry.append(sum(ref() is not None for ref in self.failed))
+        work = torch.ones(x.shape[0], 1024)  # what the failed pass held on the device
+        if x.shape[0] > self.limit:
+            self.failed.append(weakref.ref(work))
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (test)")
+        return self.lin(x)
+
+
+def test_out_of_memory_frees_the_failed_pass_before_the_retry() -> None:
+    """The CPU twin of emptying the CUDA cache after an OOM: the retry with half the rows starts only
+    once the failed pass's tensors are unreachable (its traceback frames held them before)."""
+    model = OOMHolding(limit=4).eval()
+    run = Predictor(model, torch.device("cpu"), None, Interface(None, None)).run
+
+    async def main() -> None:
+        batch = batcher(Recorder(run, delay=0.02), max_batch_size=32, max_batch_time=0.05)
+        blocker = asyncio.ensure_future(batch.submit([rows_of(1, 99)]))
+        await asyncio.sleep(0.01)
+        await asyncio.gather(*(batch.submit([rows_of(2, i)]) for i in range(4)))  # 8 rows, then 2 x 4
+        await blocker
+        await batch.close()
+
+    asyncio.run(main())
+    assert model.failed, "no pass ran out of memory: the test did not exercise the retry"
+    assert model.alive_at_retry[-1] == 0 and max(model.alive_at_retry) == 0, model.alive_at_retry
 
 
 def test_preferred_batch_sizes_pad_and_padding_never_reaches_a_reply() -> None:
