@@ -13,6 +13,7 @@ import stat
 import sys
 import tarfile
 import time
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -245,6 +246,17 @@ def make_layout(model_dir: Path, layout: str, dest: Path, other_model: Path | No
     else:
         raise ValueError(layout)
     return dest
+
+
+def rewrite_archive(src: Path, dest: Path, replace: dict[str, bytes]) -> None:
+    """Copy a weights archive entry by entry (stored, as torch writes them), replacing the entries named
+    in `replace` and adding those it lacks. `dest` may be `src`. Every CRC-32 is recomputed: the file is
+    whole, only its content changed."""
+    with zipfile.ZipFile(src) as old:
+        entries = {i.filename: old.read(i.filename) for i in old.infolist()}
+    with zipfile.ZipFile(dest, "w", zipfile.ZIP_STORED) as new:
+        for name, data in {**entries, **replace}.items():
+            new.writestr(name, data)
 
 
 def make_read_only(top: Path) -> None:

@@ -20,6 +20,7 @@ import torch
 import yaml
 
 from mlserver_torchflow.errors import ModelLoadError
+from tests.builders import rewrite_archive
 from tests.conftest import Saved
 from tests.inprocess import load, predict
 
@@ -84,16 +85,6 @@ def test_allow_pickle_false_still_serves_pt2_and_torchscript(mlp: dict[str, Save
     np.testing.assert_allclose(predict(model, x), mlp[fmt].expected(x), rtol=1e-5, atol=1e-6)
 
 
-def _rewrite_pt2(src: Path, dest: Path, replace: dict[str, bytes]) -> None:
-    """Copy a pt2 archive entry by entry (stored, as torch writes them), replacing some entries."""
-    with zipfile.ZipFile(src) as old, zipfile.ZipFile(dest, "w", zipfile.ZIP_STORED) as new:
-        for info in old.infolist():
-            new.writestr(info.filename, replace.get(info.filename, old.read(info.filename)))
-        for name, data in replace.items():
-            if name not in old.namelist():
-                new.writestr(name, data)
-
-
 def _pt2_with_pickled_weight(tmp_path: Path, saved: Saved) -> tuple[Path, Path]:
     """A pt2 program whose first weight is marked `use_pickle`: torch.export.load unpickles it with
     `torch.load(weights_only=False)` (torch 2.13, pt2_archive/_package.py)."""
@@ -110,7 +101,7 @@ def _pt2_with_pickled_weight(tmp_path: Path, saved: Saved) -> tuple[Path, Path]:
     payload = io.BytesIO()
     torch.save(_CreatesFile(marker), payload)
     prefix = config_name.split("data/weights/")[0]
-    _rewrite_pt2(
+    rewrite_archive(
         original,
         weights,
         {
@@ -138,7 +129,7 @@ def test_allow_pickle_false_refuses_pt2_opaque_python_constants(
     shutil.copytree(mlp["pt2"].path, tmp_path / "m")
     weights = tmp_path / "m" / "data" / "model.pt2"
     shutil.move(weights, tmp_path / "original.pt2")
-    _rewrite_pt2(tmp_path / "original.pt2", weights, {"model/data/constants/opaque_obj_0": b"\x80\x04N."})
+    rewrite_archive(tmp_path / "original.pt2", weights, {"model/data/constants/opaque_obj_0": b"\x80\x04N."})
     with pytest.raises(ModelLoadError, match=r"opaque_obj_0.*allow_pickle is false"):
         load(tmp_path / "m", allow_pickle=False)
 

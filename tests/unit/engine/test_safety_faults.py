@@ -57,11 +57,9 @@ def _copy_with_member(src: Path, dst: Path, weights_name: str, member: str, cont
     """Copies the model folder; in its weights archive, the member ending in `member` gets `content`."""
     shutil.copytree(src, dst)
     weights = dst / "data" / weights_name
-    with zipfile.ZipFile(src / "data" / weights_name) as old:
-        entries = {i.filename: old.read(i.filename) for i in old.infolist()}
-    with zipfile.ZipFile(weights, "w", zipfile.ZIP_STORED) as new:
-        for name, data in entries.items():
-            new.writestr(name, content if name.endswith(member) else data)
+    with zipfile.ZipFile(weights) as archive:
+        names = [n for n in archive.namelist() if n.endswith(member)]
+    b.rewrite_archive(weights, weights, dict.fromkeys(names, content))
     return weights
 
 
