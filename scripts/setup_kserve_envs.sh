@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# Two throw-away virtualenvs holding KServe's real storage-initializer code, for
-# tests/integration/test_storage_initializer.py. They are separate from the project's own
-# environment because kserve pins clash with ours (numpy, pandas, fastapi, ...).
+# Throw-away virtualenvs holding KServe's real code and Triton's perf_analyzer, for the integration
+# tests. They are separate from the project's own environment because kserve pins clash with ours
+# (numpy, pandas, fastapi, ...), and kserve's generated protobufs `inference.*` clash with MLServer's
+# and tritonclient's (tests run the SDK in a subprocess with its venv's python; see tests/client_envs.py).
 #
-#   $KSERVE_ENVS/current   kserve-storage (newest on PyPI):  from kserve_storage import Storage
-#   $KSERVE_ENVS/v0.14.1   kserve[storage]==0.14.1 (flattens: kserve PR 3205):  from kserve.storage import Storage
+#   $KSERVE_ENVS/current        kserve-storage (newest on PyPI):  from kserve_storage import Storage
+#   $KSERVE_ENVS/v0.14.1        kserve[storage]==0.14.1 (flattens: kserve PR 3205):  from kserve.storage import Storage
+#   $KSERVE_ENVS/sdk            kserve==0.21.0, the Python SDK's clients:  from kserve import InferenceRESTClient
+#   $KSERVE_ENVS/perf-analyzer  tritonclient[all]==2.51.0's perf_analyzer, run as perf-analyzer/bin/pa
+#                               (benchmarks/setup_perf_analyzer.sh; apt-get installs libb64-0d if missing)
 #
-# Both download with `Storage.download(uri, out_dir)`. KSERVE_ENVS defaults to <repo>/.kserve-envs
-# (git-ignored). Idempotent: an environment that was built from the same requirement and still
-# imports is left alone; anything else is rebuilt from scratch. Quiet unless something fails.
-# Neither environment may contain torch: the initializer never needs it, and a torch install here
-# would mean a dependency changed under us.
+# The storage ones download with `Storage.download(uri, out_dir)`. KSERVE_ENVS defaults to
+# <repo>/.kserve-envs (git-ignored). Idempotent: an environment that was built from the same
+# requirement and still imports is left alone; anything else is rebuilt from scratch. Quiet unless
+# something fails. No Python environment here may contain torch: none of this code needs it, and a
+# torch install here would mean a dependency changed under us.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -19,6 +23,7 @@ python="${KSERVE_PYTHON:-python3}"
 # Pin the current one with KSERVE_STORAGE_REQ=kserve-storage==X.Y.Z to reproduce a run.
 current_req="${KSERVE_STORAGE_REQ:-kserve-storage}"
 old_req="kserve[storage]==0.14.1"
+sdk_req="kserve==0.21.0"
 
 mkdir -p "$envs"
 envs="$(cd "$envs" && pwd)"
@@ -57,12 +62,12 @@ build() { # name requirement import-statement
       -c "$no_torch" "$req" >>"$log" 2>&1; then
     grep -v 'is ignored: it is neither a file nor a directory' "$log" | tail -n 40 >&2
     if grep -v 'is ignored: it is neither a file nor a directory' "$log" | grep -qi 'torch'; then
-      fail "installing '$req' wants torch (see above, full log: $log); the storage-initializer venvs must not contain torch"
+      fail "installing '$req' wants torch (see above, full log: $log); these venvs must not contain torch"
     fi
     fail "pip install '$req' failed (full log: $log)"
   fi
   if "$dir/bin/python" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("torch") is None)'; then
-    fail "torch ended up in $dir after installing '$req'; the storage-initializer venvs must not contain torch"
+    fail "torch ended up in $dir after installing '$req'; these venvs must not contain torch"
   fi
   if ! "$dir/bin/python" -c "$check" >>"$log" 2>&1; then
     tail -n 40 "$log" >&2
@@ -73,3 +78,7 @@ build() { # name requirement import-statement
 
 build current "$current_req" "from kserve_storage import Storage; Storage.download"
 build v0.14.1 "$old_req" "from kserve.storage import Storage; Storage.download"
+build sdk "$sdk_req" "from kserve import InferenceRESTClient, InferenceGRPCClient, RESTConfig, InferInput"
+# Quiet on success itself; prints why (and its log's tail) on stderr when it fails.
+PYTHON="$python" bash "$repo/benchmarks/setup_perf_analyzer.sh" "$envs/perf-analyzer" >/dev/null \
+  || fail "benchmarks/setup_perf_analyzer.sh failed for $envs/perf-analyzer (log: $envs/perf-analyzer.log)"

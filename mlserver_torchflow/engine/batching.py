@@ -34,10 +34,29 @@ RunFn = Callable[[list[np.ndarray]], Named]
 MAX_IN_FLIGHT = {"cuda": 2, "cpu": 1}
 
 
+@dataclass
+class Phases:
+    """Where one request's (or one batch's) time went, in seconds, as Triton's statistics count it.
+
+    `compute_input` is decoding (the runtime's) plus merging the batch; `compute_infer` is the pass on
+    the executor thread, copies to and from the device included (their end is the first point the host
+    waits on the device); `compute_output` is splitting the batch plus encoding (the runtime's). `rows`
+    is the batch the model ran (padding included).
+    """
+
+    queue: float = 0.0
+    compute_input: float = 0.0
+    compute_infer: float = 0.0
+    compute_output: float = 0.0
+    rows: int = 0
+
+
 class BatchObserver(Protocol):
-    """What the batcher reports (the serving layer's metrics implement it)."""
+    """What the batcher reports (the serving layer's metrics and statistics implement it)."""
 
     def batch(self, rows: int, seconds: float) -> None: ...
+
+    def executed(self, phases: Phases) -> None: ...
 
     def queue_wait(self, seconds: float) -> None: ...
 
@@ -50,6 +69,7 @@ class _Item:
     rows: int
     key: BatchKey
     future: asyncio.Future[Named]
+    phases: Phases
     enqueued: float = field(default_factory=time.monotonic)
 
 
@@ -75,10 +95,12 @@ class Batcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task = asyncio.get_running_loop().create_task(self._dispatch_loop())
 
-    async def submit(self, arrays: list[np.ndarray]) -> Named:
+    async def submit(self, arrays: list[np.ndarray], phases: Phases | None = None) -> Named:
+        """The model's outputs for these rows; `phases`, when given, receives where the time went."""
+        phases = Phases() if phases is None else phases
         key = batch_key(arrays)
         if key is None or not self._splittable or self.config.max_batch_size <= 1:
-            return await self._run_alone(arrays)
+            return await self._run_alone(arrays, phases)
         rows = int(arrays[0].shape[0])
         limit = self.config.max_queue_rows
         if limit and self._queued_rows + rows > limit:
@@ -90,7 +112,7 @@ class Batcher:
                 f"the model's queue is full ({self._queued_rows} of {limit} rows waiting); retry "
                 "after a short back-off, or scale out."
             )
-        item = _Item(arrays, rows, key, asyncio.get_running_loop().create_future())
+        item = _Item(arrays, rows, key, asyncio.get_running_loop().create_future(), phases)
         if self._in_flight == 0 and not self._pending:
             # Idle device, empty queue: run now, on this task, without a trip through the dispatcher.
             self._in_flight += 1
@@ -196,15 +218,20 @@ class Batcher:
         started = time.monotonic()
         for item in items:
             self._metrics.queue_wait(started - item.enqueued)
+            item.phases.queue = started - item.enqueued
         try:
-            outputs = await self._forward(items)
+            batch = Phases()
+            outputs = await self._forward(items, batch)
             if outputs is None:  # not splittable by rows: answer each request from its own pass
                 await asyncio.gather(*(self._execute([i]) for i in items))
-            elif len(items) == 1:
-                _deliver(items[0], outputs)
-            else:
-                for item, answer in zip(items, split(outputs, [i.rows for i in items]), strict=True):
-                    _deliver(item, answer)
+                return
+            split_at = time.monotonic()
+            answers = [outputs] if len(items) == 1 else split(outputs, [i.rows for i in items])
+            batch.compute_output = time.monotonic() - split_at
+            self._metrics.executed(batch)
+            for item, answer in zip(items, answers, strict=True):
+                _account(item.phases, batch)
+                _deliver(item, answer)
         except Exception as err:
             if len(items) > 1:  # find the culprit: every other request still gets its answer
                 await asyncio.gather(*(self._execute([i]) for i in items))
@@ -214,13 +241,15 @@ class Batcher:
             for item in items:  # whatever happened above, no client is left waiting
                 _deliver(item, RuntimeError("the batch ended without an answer for this request"))
 
-    async def _forward(self, items: list[_Item]) -> Named | None:
+    async def _forward(self, items: list[_Item], phases: Phases) -> Named | None:
         """One pass over the concatenated rows; on out-of-memory, halves and retries."""
         rows = sum(i.rows for i in items)
         padded = padded_rows(rows, self.config.preferred_batch_sizes) if self._splittable else rows
+        merge_at = time.monotonic()
         arrays = concatenate([i.arrays for i in items], padded)
+        phases.compute_input += time.monotonic() - merge_at
         try:
-            outputs = await self._timed(arrays, padded)
+            outputs = await self._timed(arrays, padded, phases)
         except Exception as err:
             if not is_out_of_memory(err):
                 raise
@@ -232,7 +261,7 @@ class Batcher:
             outputs = None
         if outputs is None:  # out of memory: halve, outside the handler, with the batch's copy gone
             del arrays
-            return await self._halves(items, rows)
+            return await self._halves(items, rows, phases)
         if not has_batch_dimension(outputs, padded):
             if len(items) > 1 or padded > rows:
                 self._splittable = False
@@ -241,7 +270,7 @@ class Batcher:
             return outputs
         return [(name, a[:rows]) for name, a in outputs]
 
-    async def _halves(self, items: list[_Item], rows: int) -> Named | None:
+    async def _halves(self, items: list[_Item], rows: int, phases: Phases) -> Named | None:
         half = len(items) // 2
         logger.warning(
             "out of memory on %d rows; splitting the batch into %d + %d requests",
@@ -249,20 +278,34 @@ class Batcher:
             half,
             len(items) - half,
         )
-        first, second = await self._forward(items[:half]), await self._forward(items[half:])
+        first = await self._forward(items[:half], phases)
+        second = await self._forward(items[half:], phases)
         if first is None or second is None:
             return None
         return join(first, second)
 
-    async def _timed(self, arrays: list[np.ndarray], rows: int) -> Named:
+    async def _timed(self, arrays: list[np.ndarray], rows: int, phases: Phases) -> Named:
         started = time.monotonic()
         loop = asyncio.get_running_loop()
         outputs = await loop.run_in_executor(self._executor, self._run, arrays)
-        self._metrics.batch(rows, time.monotonic() - started)
+        seconds = time.monotonic() - started
+        self._metrics.batch(rows, seconds)
+        phases.compute_infer += seconds
+        phases.rows = max(phases.rows, rows)
         return outputs
 
-    async def _run_alone(self, arrays: list[np.ndarray]) -> Named:
-        return await self._timed(arrays, rows_of(arrays))
+    async def _run_alone(self, arrays: list[np.ndarray], phases: Phases) -> Named:
+        outputs = await self._timed(arrays, rows_of(arrays), phases)
+        self._metrics.executed(phases)
+        return outputs
+
+
+def _account(request: Phases, batch: Phases) -> None:
+    """A request's share of its batch: Triton counts the whole batch's compute time for each request."""
+    request.compute_input += batch.compute_input
+    request.compute_infer += batch.compute_infer
+    request.compute_output += batch.compute_output
+    request.rows = batch.rows
 
 
 def _deliver(item: _Item, result: Named | BaseException) -> None:

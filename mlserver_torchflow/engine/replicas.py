@@ -16,6 +16,7 @@ import torch
 from ..common import Named, rows_of
 from ..config import TorchFlowSettings
 from ..protocol.signature import Interface
+from .batching import Phases
 from .device import describe, release, resolve_devices
 from .integrity import check_weights
 from .layout import ModelFiles
@@ -49,14 +50,14 @@ class ReplicaSet:
         self.replicas = replicas
         self._next = 0
 
-    async def submit(self, arrays: list[np.ndarray]) -> Named:
+    async def submit(self, arrays: list[np.ndarray], phases: Phases | None = None) -> Named:
         index = pick([r.outstanding for r in self.replicas], self._next)
         self._next = (index + 1) % len(self.replicas)
         replica = self.replicas[index]
         rows = rows_of(arrays)
         replica.outstanding += rows
         try:
-            return await replica.batcher.submit(arrays)
+            return await replica.batcher.submit(arrays, phases)
         finally:
             replica.outstanding -= rows
             replica.sample()

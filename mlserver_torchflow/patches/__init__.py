@@ -5,6 +5,8 @@
 | `body_limit` | MLServer's `Request.body` | a REST body cap, with `{"error"}` refusals |
 | `validation_errors` | FastAPI's 422 handler's `jsonable_encoder` | a 422 stays a 422 on odd input |
 | `grpc_raw` | MLServer's gRPC request converter | raw tensors decoded by numpy, not `struct` |
+| `frontends` | MLServer's `RESTServer.add_custom_handlers` | a handle on the running app and gRPC server |
+| `repository_index` | MLServer's gRPC repository index converter | states read `READY`, not `State.READY` |
 | `grpc_status` | MLServer's status -> gRPC code table | 413 and 503 get their gRPC codes |
 | `startup` | `DataPlane.ready`, a filter on MLServer's log | a failed startup exits 3, not 0 |
 | `internals` | nothing (reads prometheus and MLServer state) | metric reuse, MLServer's log format |
@@ -23,9 +25,11 @@ from __future__ import annotations
 from ..common import logger
 from . import (
     body_limit,
+    frontends,
     grpc_raw,
     grpc_status,
     internals,
+    repository_index,
     startup,
     torch_compile,
     torch_load,
@@ -37,6 +41,8 @@ PATCHES: tuple[Patch, ...] = (
     body_limit.PATCH,
     validation_errors.PATCH,
     grpc_raw.PATCH,
+    frontends.PATCH,
+    repository_index.PATCH,
     grpc_status.PATCH,
     startup.PATCH,
     internals.PATCH,

@@ -35,6 +35,11 @@ def unregister(model_name: str) -> None:
     _models.discard(model_name)
 
 
+def registered(model_name: str) -> bool:
+    """Whether a TorchFlow model of this name was built in this process (it decodes raw bytes itself)."""
+    return model_name in _models
+
+
 def install() -> None:
     ModelInferRequestConverter.to_types = classmethod(_to_types)  # type: ignore[method-assign,assignment,arg-type]
 

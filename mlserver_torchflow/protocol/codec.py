@@ -106,7 +106,7 @@ def _decode(
     data = inp.data.root if hasattr(inp.data, "root") else inp.data
     array = (
         _from_bytes(name, data, got, count)
-        if isinstance(data, bytes | bytearray)
+        if isinstance(data, bytes | bytearray | memoryview)
         else _from_list(name, data, got, shape, datatype)
     )
     array = array.reshape(shape)
@@ -167,11 +167,11 @@ def _check_shape(
     return tuple(shape), check_shape_size(name, tuple(shape), limits)
 
 
-def _from_bytes(name: str, raw: bytes | bytearray, dtype: np.dtype, count: int) -> np.ndarray:
+def _from_bytes(name: str, raw: bytes | bytearray | memoryview, dtype: np.dtype, count: int) -> np.ndarray:
     if len(raw) != count * dtype.itemsize:
         raise InvalidInput(
             f"input {name}: the shape holds {count} {NUMPY_TO_V2[dtype]} values ({count * dtype.itemsize} "
-            f"bytes), but raw_input_contents has {len(raw)} bytes."
+            f"bytes), but its raw data (gRPC raw_input_contents, REST binary data) has {len(raw)} bytes."
         )
     return np.frombuffer(raw, dtype=dtype).copy()
 

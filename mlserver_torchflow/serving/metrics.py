@@ -15,6 +15,7 @@ from typing import Any
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
+from ..engine.batching import Phases
 from ..engine.device import DeviceStats
 from ..patches.internals import registered_collector
 
@@ -40,10 +41,11 @@ def _histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Any:
 class BatchMetrics:
     """The children of the runtime's metrics for one model copy, labelled by model and device
     (`cpu#1` for the second copy on one device, so that each copy is told apart). It is the
-    engine's `CopyObserver`."""
+    engine's `CopyObserver`. `executions` receives each executed batch (the model's statistics)."""
 
-    def __init__(self, model: str, device: str) -> None:
+    def __init__(self, model: str, device: str, executions: Callable[[Phases], None] | None = None) -> None:
         labels = {"model": model, "device": device}
+        self._executions = executions
         self._labels = labels
         self._memory_at = -float("inf")
         self._rows = _histogram(
@@ -67,6 +69,10 @@ class BatchMetrics:
     def batch(self, rows: int, seconds: float) -> None:
         self._rows.observe(rows)
         self._compute.observe(seconds)
+
+    def executed(self, phases: Phases) -> None:
+        if self._executions is not None:
+            self._executions(phases)
 
     def queue_wait(self, seconds: float) -> None:
         self._wait.observe(seconds)

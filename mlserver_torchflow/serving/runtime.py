@@ -27,8 +27,9 @@ from mlserver.types import InferenceRequest, InferenceResponse, MetadataModelRes
 from mlserver.utils import to_absolute_path
 
 from .. import patches
-from ..common import first_line, logger
+from ..common import first_line, logger, rows_of
 from ..config import load_settings, server_settings
+from ..engine.batching import Phases
 from ..engine.compiling import describe as describe_compile
 from ..engine.examples import load_example
 from ..engine.layout import MLMODEL, ModelFiles, locate
@@ -36,14 +37,16 @@ from ..engine.replica import Replica
 from ..engine.replicas import load_replicas
 from ..engine.versions import check_versions
 from ..errors import ModelExecutionError, ModelLoadError, TorchFlowError
-from ..patches import grpc_raw, startup
+from ..patches import frontends, grpc_raw, startup
+from ..patches.frontends import Frontends
 from ..protocol.codec import check_requested, decode_request, encode_outputs
 from ..protocol.metadata import build_metadata, observed_outputs, triton_config
 from ..protocol.shapes import ShapeRules
 from ..protocol.signature import Interface, interface_from_mlmodel
-from . import logs
+from . import logs, rest, triton_grpc
 from .advice import advise
 from .metrics import BatchMetrics
+from .stats import ModelStats
 
 
 class TorchFlowRuntime(MLModel):
@@ -53,6 +56,7 @@ class TorchFlowRuntime(MLModel):
         _take_over_batching(settings)
         super().__init__(settings)
         patches.install()
+        frontends.attach(_mount)
         try:
             logs.configure(server_settings().log_format)
         except ModelLoadError as err:  # raised before load(): say why here, as load() would
@@ -60,8 +64,11 @@ class TorchFlowRuntime(MLModel):
             raise
         # Registered in every process that builds the model: the main one converts gRPC requests.
         grpc_raw.register(settings.name)
-        # MLServer adds the REST routes of members carrying a custom handler, per model instance.
+        self.stats = ModelStats()
+        # Triton's config and statistics, as custom handlers: with parallel workers MLServer's proxy
+        # model in the main process forwards them, by name, to the worker that holds the model.
         self.triton_config = self._triton_config_handler()
+        self.triton_stats = self._handler("triton_stats", "stats", self._triton_stats)
 
     @property
     def copies(self) -> tuple[Replica, ...]:
@@ -97,7 +104,12 @@ class TorchFlowRuntime(MLModel):
         example = load_example(files, interface) if self.torchflow.warmup else None
         # One copy per device, each with its own executor thread and batcher (engine/replicas.py).
         self._batcher = await load_replicas(
-            self.name, files, interface, self.torchflow, example, lambda label: BatchMetrics(self.name, label)
+            self.name,
+            files,
+            interface,
+            self.torchflow,
+            example,
+            lambda label: BatchMetrics(self.name, label, self.stats.executed),
         )
         first = self._batcher.replicas[0]
         warmed = example is not None or bool(first.warmed_sizes)
@@ -142,6 +154,21 @@ class TorchFlowRuntime(MLModel):
                 rules.describe(_names(interface)),
             )
 
+    def _handler(
+        self, name: str, path: str, call: Callable[[], Awaitable[dict[str, Any]]]
+    ) -> Callable[[], Awaitable[dict[str, Any]]]:
+        async def handler() -> dict[str, Any]:
+            return await call()
+
+        handler.__name__ = name  # with parallel workers MLServer calls it by name on the worker's model
+        register_custom_handler(
+            CustomHandler(rest_path=f"/v2/models/{self.name}/{path}", rest_method="GET"), handler
+        )
+        return handler
+
+    async def _triton_stats(self) -> dict[str, Any]:
+        return self.stats.triton(self.name, self.version)
+
     def _triton_config_handler(self) -> Callable[[], Awaitable[dict[str, Any]]]:
         async def model_config() -> dict[str, Any]:
             # With parallel workers this runs in the main process, where load() never ran: read the
@@ -160,13 +187,7 @@ class TorchFlowRuntime(MLModel):
                 batch.max_batch_time,
             )
 
-        # With parallel workers MLServer calls the handler by name on the worker's model.
-        model_config.__name__ = "triton_config"
-
-        register_custom_handler(
-            CustomHandler(rest_path=f"/v2/models/{self.name}/config", rest_method="GET"), model_config
-        )
-        return model_config
+        return self._handler("triton_config", "config", model_config)
 
     def _extra(self) -> dict[str, Any] | None:
         return self.settings.parameters.extra if self.settings.parameters else None
@@ -185,21 +206,25 @@ class TorchFlowRuntime(MLModel):
         return to_absolute_path(self.settings, parsed.path)
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        started = time.monotonic()
         try:
-            return await self._predict(payload)
+            return await self._predict(payload, started)
         except TorchFlowError as err:
+            self.stats.failed(time.monotonic() - started)
             headers = payload.parameters.headers if payload.parameters is not None else None
             logs.request_failed(self.name, payload.id, headers, err)
             logs.tag_with_request_id(err, payload.id)
             raise
 
-    async def _predict(self, payload: InferenceRequest) -> InferenceResponse:
+    async def _predict(self, payload: InferenceRequest, started: float) -> InferenceResponse:
         interface = self._interface
         known = [s.name for s in interface.outputs] if interface.outputs else None
         requested = check_requested(payload, known)
         arrays = decode_request(payload, interface, self._limits)
+        decoded = time.monotonic()
+        phases = Phases()
         try:
-            named = await self._batcher.submit(arrays)
+            named = await self._batcher.submit(arrays, phases)
         except TorchFlowError:
             raise
         except Exception as err:
@@ -208,13 +233,19 @@ class TorchFlowRuntime(MLModel):
             raise ModelExecutionError(
                 f"model {self.name!r} failed on this request: {type(err).__name__}: {line}"
             ) from err
+        answered = time.monotonic()
+        outputs = encode_outputs(named, interface, requested)
+        finished = time.monotonic()
+        phases.compute_input += decoded - started
+        phases.compute_output += finished - answered
+        self.stats.succeeded(rows_of(arrays), finished - started, phases)
         # Built from checked parts: skip pydantic's second validation on the hot path.
         return InferenceResponse.model_construct(
             model_name=self.name,
             model_version=self.version,
             id=payload.id,
             parameters=None,
-            outputs=encode_outputs(named, interface, requested),
+            outputs=outputs,
         )
 
     async def metadata(self) -> MetadataModelResponse:
@@ -232,6 +263,12 @@ class TorchFlowRuntime(MLModel):
             await replicas.close()
         logger.info("unloaded model %s in %.2fs", self.name, time.monotonic() - started)
         return True
+
+
+def _mount(servers: Frontends) -> None:
+    """Triton's REST routes and gRPC methods, once per MLServer (patches/frontends.py)."""
+    rest.mount(servers)
+    triton_grpc.mount(servers)
 
 
 def _names(interface: Interface) -> list[str]:
