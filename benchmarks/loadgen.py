@@ -34,6 +34,16 @@ REQUEST_TIMEOUT_S = 30.0
 # GZip middleware then spends server CPU on for replies over 500 bytes (8-row replies). Both are set here,
 # the same for every server: plain JSON both ways.
 REST_HEADERS = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
+# "rest-binary": tritonclient's own request builder (Triton's binary tensor data extension, binary in and,
+# through its `binary_data_output`, binary out); aiohttp labels the body application/octet-stream.
+BINARY_HEADERS = {"Accept-Encoding": "identity"}
+
+
+def request_headers(protocol: str) -> dict[str, str] | None:
+    """The headers every request of `protocol` ("rest", "rest-binary" or "grpc") carries."""
+    if protocol == "grpc":
+        return None
+    return dict(REST_HEADERS if protocol == "rest" else BINARY_HEADERS)
 
 
 def plain_v2_body(inputs: Any, request_id: Any = "", outputs: Any = None, **_: Any) -> tuple[bytes, None]:
@@ -77,7 +87,7 @@ def patch_tritonclient_http() -> None:
 class Job:
     """One client process's share of one measurement point."""
 
-    protocol: str  # "rest" | "grpc"
+    protocol: str  # "rest" | "rest-binary" | "grpc"
     url: str  # host:port
     model: str
     input_name: str
@@ -148,14 +158,14 @@ def _make_inputs(job: Job, module: Any, w: int) -> list[Any]:
         if job.protocol == "rest":
             inp.set_data_from_numpy(array, binary_data=False)  # MLServer has no binary extension
         else:
-            inp.set_data_from_numpy(array)  # raw_input_contents
+            inp.set_data_from_numpy(array)  # raw_input_contents (gRPC), binary tensor data (rest-binary)
         pool.append(inp)
     return pool
 
 
 async def _async_worker(job: Job, client: Any, pool: list[Any], w: int, tally: Tally) -> None:
     expected = job.expected[w] if job.expected is not None else None
-    headers = dict(REST_HEADERS) if job.protocol == "rest" else None
+    headers = request_headers(job.protocol)
     n = len(pool)
     i = w  # workers start at different pool items
     while True:
@@ -192,7 +202,7 @@ async def _cpu_probe(job: Job, into: list[float]) -> None:
 
 
 async def _async_main(job: Job, go: Any) -> tuple[Tally, float]:
-    if job.protocol == "rest":
+    if job.protocol != "grpc":
         import tritonclient.http.aio as tc
 
         clients = [tc.InferenceServerClient(job.url, conn_limit=1) for _ in range(job.workers)]
@@ -234,7 +244,7 @@ def _thread_worker(
                 kwargs: dict[str, Any] = (
                     {"client_timeout": REQUEST_TIMEOUT_S}
                     if job.protocol == "grpc"
-                    else {"headers": dict(REST_HEADERS)}
+                    else {"headers": request_headers(job.protocol)}
                 )
                 out = client.infer(job.model, [pool[k]], **kwargs).as_numpy(job.output_name)
             except Exception as err:
@@ -255,7 +265,7 @@ def _thread_worker(
 
 
 def _threads_main(job: Job, go: Any) -> tuple[Tally, float]:
-    if job.protocol == "rest":
+    if job.protocol != "grpc":
         import tritonclient.http as tc
 
         clients = [

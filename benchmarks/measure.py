@@ -69,7 +69,7 @@ def measure(
     procs_n = max(1, min(args.client_procs, point.concurrency))
     shares = [list(range(point.concurrency))[i::procs_n] for i in range(procs_n)]
     output_name = iface.reply_outputs[point.protocol][0]
-    url = server.http if point.protocol == "rest" else server.grpc
+    url = server.grpc if point.protocol == "grpc" else server.http
     queue, ready, go = ctx.Queue(), ctx.Semaphore(0), ctx.Event()
     window = ctx.Array("d", 2)
     procs = []

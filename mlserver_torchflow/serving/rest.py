@@ -74,7 +74,7 @@ def _validation_error(err: ValidationError) -> RequestValidationError:
     return RequestValidationError(errors)
 
 
-def _parse(body: bytes, declared: str | None) -> dict[str, Any]:
+def _parse(body: bytes, declared: str | None) -> Any:
     if declared is not None:
         header, rest = binary.split_body(body, declared)
         return binary.attach(header, rest)
@@ -84,7 +84,7 @@ def _parse(body: bytes, declared: str | None) -> dict[str, Any]:
         raise RequestValidationError(
             [{"type": "json_invalid", "loc": ("body", err.pos), "msg": "JSON decode error", "input": {}}]
         ) from err
-    return parsed if isinstance(parsed, dict) else {"inputs": parsed}
+    return parsed  # anything but an object fails InferenceRequest's validation: a 422, as before
 
 
 def _adapt(payload: InferenceRequest, model: Any) -> None:
@@ -110,7 +110,7 @@ def mount(frontends: Frontends) -> None:
     async def infer(raw_request: Request, model_name: str, model_version: str | None = None) -> RawResponse:
         declared = raw_request.headers.get(binary.HEADER)
         request = _parse(await raw_request.body(), declared)
-        default, chosen = binary.binary_outputs(request)
+        default, chosen = binary.binary_outputs(request) if isinstance(request, dict) else (False, {})
         try:
             payload = InferenceRequest.model_validate(request)
         except ValidationError as err:

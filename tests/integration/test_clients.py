@@ -314,3 +314,23 @@ def test_perf_analyzer_with_its_defaults_reports_server_times(server: Server, pr
     status, meta = server.get("/v2")
     assert status == 200, meta
     assert {"binary_tensor_data", "statistics", "model_configuration"} <= set(meta["extensions"])
+
+
+def test_parallel_workers_answer_binary_config_and_stats(tmp_path: Path, mlp: dict[str, Saved]) -> None:
+    """With `parallel_workers: 1` the model lives in a worker: binary inputs travel there as bytes, and the
+    config and statistics are fetched from the worker by MLServer's custom-handler proxy."""
+    write_model_settings(tmp_path / "mlp", "mlp", mlp["pickle"].path)
+    with Server(tmp_path, parallel_workers=1).running(["mlp"]) as running:
+        client = httpclient.InferenceServerClient(running.http)
+        x = np.random.default_rng(3).random((2, 4), dtype=np.float32)
+        tensor = httpclient.InferInput("input-0", [2, 4], "FP32")
+        tensor.set_data_from_numpy(x)
+        got = client.infer("mlp", [tensor]).as_numpy("output-0")
+        np.testing.assert_allclose(got, mlp["pickle"].expected(x), rtol=RTOL, atol=ATOL)
+        assert client.get_model_config("mlp")["input"][0]["name"] == "input-0"
+        (stats,) = client.get_inference_statistics("mlp")["model_stats"]
+        assert stats["inference_stats"]["success"]["count"] == 1 and stats["inference_count"] == 2
+        grpc_stats = grpcclient.InferenceServerClient(running.grpc).get_inference_statistics(
+            "mlp", as_json=True
+        )
+        assert grpc_stats["model_stats"][0]["inference_count"] == "2"
