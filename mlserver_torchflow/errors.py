@@ -6,7 +6,8 @@ handles three kinds, so there is one base for each, and catching the base is eno
 
     TorchFlowError                 500  INTERNAL            (base of everything below)
     ├── BadRequest                 400  INVALID_ARGUMENT    the client must change the request
-    │   └── InvalidInput                                    it does not match the model's interface
+    │   ├── InvalidInput                                    it does not match the model's interface
+    │   └── NotTorchFlow           404  NOT_FOUND           a Triton extension asked of another runtime's model
     ├── TooLarge                   413  RESOURCE_EXHAUSTED  the client must send less per request
     │   ├── RequestTooLarge                                 more rows/values than a limit or the device
     │   └── BodyTooLarge                                    a REST body over the server's body cap
@@ -45,6 +46,13 @@ class BadRequest(TorchFlowError):
 
 class InvalidInput(BadRequest):
     """The request does not match the model's interface (names, datatypes, shapes, data)."""
+
+
+class NotTorchFlow(BadRequest):
+    """Triton's config or statistics asked of a model that another runtime serves."""
+
+    status_code_default = 404
+    grpc_code = "NOT_FOUND"
 
 
 class TooLarge(TorchFlowError):
@@ -95,5 +103,5 @@ class ModelNotFoundOnDisk(ModelLoadError):
 
 def grpc_codes() -> dict[int, str]:
     """REST status -> gRPC code name, for every status the runtime answers with."""
-    kinds = (TorchFlowError, BadRequest, TooLarge, Retryable)
+    kinds = (TorchFlowError, BadRequest, NotTorchFlow, TooLarge, Retryable)
     return {kind.status_code_default: kind.grpc_code for kind in kinds}

@@ -26,17 +26,10 @@ from mlserver.utils import extract_headers, insert_headers
 from pydantic import ValidationError
 from starlette.responses import Response as RawResponse
 
-from ..errors import BadRequest
+from ..errors import NotTorchFlow
 from ..patches import grpc_raw
 from ..patches.frontends import Frontends
 from ..protocol import binary
-
-
-class NotTorchFlow(BadRequest):
-    """A Triton extension asked of a model another runtime serves."""
-
-    status_code_default = 404
-    grpc_code = "NOT_FOUND"
 
 
 async def triton_call(frontends: Frontends, method: str, name: str, version: str | None) -> dict[str, Any]:

@@ -39,7 +39,7 @@ def run_clients(
                 tensor = module.InferInput("input-0", list(x.shape), "FP32")
                 if grpc_side:
                     tensor.set_data_from_numpy(x)
-                else:  # MLServer speaks JSON tensors, not Triton's binary extension
+                else:  # JSON tensors here; binary ones are tested in test_clients.py and test_binary_rest.py
                     tensor.set_data_from_numpy(x, binary_data=False)
                 got = conn.infer(model, [tensor]).as_numpy("output-0")
                 done.append(worker)

@@ -8,6 +8,8 @@ import struct
 import numpy as np
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mlserver_torchflow.errors import BadRequest, InvalidInput
 from mlserver_torchflow.protocol import binary
@@ -136,3 +138,35 @@ def test_json_stays_the_answer_to_json() -> None:
     }
     body, size = binary.encode_response(response, False, {})
     assert size is None and orjson.loads(body) == response
+
+
+_TENSOR = st.fixed_dictionaries(
+    {
+        "name": st.text(max_size=4),
+        "shape": st.one_of(st.lists(st.integers(-3, 2**62), max_size=4), st.text(max_size=3), st.none()),
+        "datatype": st.sampled_from(["FP32", "INT64", "BOOL", "BYTES", "BF16", 7]),
+        "parameters": st.fixed_dictionaries(
+            {
+                "binary_data_size": st.one_of(
+                    st.integers(-5, 64), st.floats(), st.text(max_size=3), st.booleans()
+                )
+            }
+        ),
+    }
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(inputs=st.lists(_TENSOR, max_size=3), tail=st.binary(max_size=96), shift=st.integers(-8, 8))
+def test_any_framing_is_parsed_or_refused_as_a_client_error(
+    inputs: list[dict], tail: bytes, shift: int
+) -> None:
+    header = json.dumps({"inputs": inputs}).encode()
+    body = header + tail
+    try:
+        request = parse(body, str(max(0, len(header) + shift)))
+    except BadRequest:
+        return
+    for inp in request["inputs"]:  # what was accepted is exactly the declared bytes
+        if isinstance(inp.get("data"), memoryview):
+            assert len(inp["data"]) == inp["parameters"]["binary_data_size"]
