@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -77,17 +78,17 @@ def ensure() -> None:
         pytest.fail(f"{SETUP} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}", pytrace=False)
 
 
-def require_sdk_python() -> Path:
+def _require(find: Callable[[], Path | None], what: str) -> Path:
     ensure()
-    python = sdk_python()
-    if python is None:
-        pytest.fail(f"{SETUP} left no finished sdk virtualenv in {kserve_envs() / 'sdk'}", pytrace=False)
-    return python
+    found = find()
+    if found is None:
+        pytest.fail(f"{SETUP} left no finished {what} in {kserve_envs()}", pytrace=False)
+    return found
+
+
+def require_sdk_python() -> Path:
+    return _require(sdk_python, "sdk virtualenv")
 
 
 def require_perf_analyzer() -> Path:
-    ensure()
-    pa = perf_analyzer()
-    if pa is None:
-        pytest.fail(f"{SETUP} left no {kserve_envs() / 'perf-analyzer' / 'bin' / 'pa'}", pytrace=False)
-    return pa
+    return _require(perf_analyzer, "perf-analyzer/bin/pa")
