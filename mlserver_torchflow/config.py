@@ -234,6 +234,11 @@ class ServerSettings(BaseSettings):
     log_format: Literal["text", "json"] | None = None
     """`json`: the runtime's log lines become one JSON object each. Unset: MLServer's use_structured_logging."""
 
+    drain_timeout: float = Field(default=25.0, gt=0)
+    """Seconds a SIGTERM leaves accepted requests to be answered before the process exits; keep it below
+    the pod's termination grace period (Kubernetes' default: 30). Requests still queued one second before
+    it get a retryable 503."""
+
 
 @functools.lru_cache(maxsize=1)
 def server_settings() -> ServerSettings:

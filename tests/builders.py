@@ -99,6 +99,19 @@ class FailsOnNegative(nn.Module):
         return self.net(x)
 
 
+class SlowMLP(nn.Module):
+    """The MLP behind a device that takes `delay` seconds per forward pass, whatever the rows."""
+
+    def __init__(self, delay: float = 0.25) -> None:
+        super().__init__()
+        self.delay = delay
+        self.net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.delay)
+        return self.net(x)
+
+
 class BreaksWhenLoaded(nn.Module):
     """Restoring it takes two seconds and then raises: a model whose load fails late, in the server."""
 

@@ -128,6 +128,15 @@ class Batcher:
         self._wake.set()
         return await item.future  # cancelling this leaves the batch alone: see _deliver
 
+    def expire_queued(self, err: Exception) -> None:
+        """Answer every request still waiting (not the running batches) with a copy of `err` each (the
+        runtime tags each with its request id): the drain ran out."""
+        for item in self._pending:
+            _deliver(item, type(err)(*err.args))
+        self._pending.clear()
+        self._queued_rows = 0
+        self._metrics.queue_rows(0)
+
     async def close(self) -> None:
         self._loop_task.cancel()
         for task in (self._loop_task, *self._tasks):

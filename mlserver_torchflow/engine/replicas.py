@@ -62,6 +62,10 @@ class ReplicaSet:
             replica.outstanding -= rows
             replica.sample()
 
+    def expire_queued(self, err: Exception) -> None:
+        for replica in self.replicas:
+            replica.batcher.expire_queued(err)
+
     def describe(self) -> str:
         return ", ".join(describe(r.device) for r in self.replicas)
 

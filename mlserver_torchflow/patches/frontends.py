@@ -25,6 +25,7 @@ from mlserver.errors import ModelNotFound
 from mlserver.grpc.server import GRPCServer
 from mlserver.rest.server import RESTServer
 
+from .shutdown import draining
 from .targets import Patch, Target
 
 
@@ -60,7 +61,12 @@ class _GrpcDataPlane:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._data_plane, name)
 
+    async def ready(self) -> bool:
+        return not draining() and bool(await self._data_plane.ready())
+
     async def model_ready(self, name: str, version: str | None = None) -> bool:
+        if draining():
+            return False
         try:
             return bool(await self._data_plane.model_ready(name, version))
         except ModelNotFound:

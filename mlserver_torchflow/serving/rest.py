@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from starlette.responses import Response as RawResponse
 
 from ..errors import NotTorchFlow
-from ..patches import grpc_raw
+from ..patches import grpc_raw, shutdown
 from ..patches.frontends import Frontends
 from ..protocol import binary
 
@@ -125,11 +125,11 @@ def mount(frontends: Frontends) -> None:
         return Response({"live": is_live}, status_code=to_status_code(is_live))
 
     async def ready() -> Response:
-        is_ready = await data_plane.ready()
+        is_ready = not shutdown.draining() and await data_plane.ready()
         return Response({"ready": is_ready}, status_code=to_status_code(is_ready))
 
     async def model_ready(model_name: str, model_version: str | None = None) -> Response:
-        is_ready = await data_plane.model_ready(model_name, model_version)
+        is_ready = await data_plane.model_ready(model_name, model_version) and not shutdown.draining()
         return Response({"name": model_name, "ready": is_ready}, status_code=to_status_code(is_ready))
 
     async def index(raw_request: Request) -> Response:

@@ -37,7 +37,7 @@ from ..engine.replica import Replica
 from ..engine.replicas import load_replicas
 from ..engine.versions import check_versions
 from ..errors import ModelExecutionError, ModelLoadError, TorchFlowError
-from ..patches import frontends, grpc_raw, startup
+from ..patches import frontends, grpc_raw, shutdown, startup
 from ..patches.frontends import Frontends
 from ..protocol.codec import check_requested, decode_request, encode_outputs
 from ..protocol.metadata import build_metadata, observed_outputs, triton_config
@@ -121,6 +121,7 @@ class TorchFlowRuntime(MLModel):
             self._warn_if_one_row(first.rules, interface)
         for replica in self._batcher.replicas:
             replica.predictor.interface = interface
+        shutdown.register(self)  # a SIGTERM answers what it queued (patches/shutdown.py)
         self._interface = interface
         self._facts = {
             "format": first.format.value,
@@ -251,6 +252,21 @@ class TorchFlowRuntime(MLModel):
     async def metadata(self) -> MetadataModelResponse:
         interface = self._interface
         return build_metadata(self.name, self.version, interface.inputs, interface.outputs, self._facts)
+
+    def expire_queued(self, err: Exception) -> None:
+        batcher = self.__dict__.get("_batcher")
+        if batcher is not None:
+            batcher.expire_queued(err)
+
+    def drained(self) -> None:
+        stats = self.stats
+        logger.info(
+            "model %s drained: %d requests answered since load (%d succeeded, %d failed)",
+            self.name,
+            stats.success.count + stats.fail.count,
+            stats.success.count,
+            stats.fail.count,
+        )
 
     async def unload(self) -> bool:
         """Also called after a failed load, so every attribute may be missing."""

@@ -403,3 +403,26 @@ def test_mlserver_generic_batcher_never_wraps_the_runtime(tmp_path: Any) -> None
         "max_batch_size": 8,
         "max_batch_time": 0.5,
     }
+
+
+def test_expire_queued_answers_the_waiting_requests_and_spares_the_running_batch() -> None:
+    """The drain's deadline: queued requests get a retryable error each, the running batch its results."""
+    model, run = mlp_run()
+    recorder = Recorder(run, delay=0.2)
+
+    async def main() -> None:
+        batch = batcher(recorder, max_batch_size=2)
+        running = asyncio.create_task(batch.submit([rows_of(1, 0)]))
+        await asyncio.sleep(0.05)  # the first pass is on the executor
+        queued = [asyncio.create_task(batch.submit([rows_of(1, s)])) for s in range(1, 4)]
+        await asyncio.sleep(0.01)
+        batch.expire_queued(Unloading("shutting down; retry it."))
+        results = await asyncio.gather(running, *queued, return_exceptions=True)
+        await batch.close()
+        first, *rest = results
+        np.testing.assert_allclose(first[0][1], b.reference(model, rows_of(1, 0)), rtol=1e-5, atol=1e-6)
+        assert all(isinstance(r, Unloading) and "retry" in str(r) for r in rest), rest
+        assert len({id(r) for r in rest}) == 3  # one error each: the runtime tags each with its request id
+
+    asyncio.run(main())
+    assert recorder.batches == [1]
