@@ -13,15 +13,14 @@ MLServer calls each hook with a contract of its own:
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from mlserver import MLModel
 from mlserver.errors import InvalidModelURI
-from mlserver.handlers.custom import CustomHandler, register_custom_handler
 from mlserver.settings import ModelParameters, ModelSettings
 from mlserver.types import InferenceRequest, InferenceResponse, MetadataModelResponse
 from mlserver.utils import to_absolute_path
@@ -36,27 +35,31 @@ from ..engine.layout import MLMODEL, ModelFiles, locate
 from ..engine.replica import Replica
 from ..engine.replicas import load_replicas
 from ..engine.versions import check_versions
-from ..errors import ModelExecutionError, ModelLoadError, TorchFlowError
+from ..errors import ModelExecutionError, ModelLoadError, TorchFlowError, Unloading
 from ..patches import frontends, grpc_raw, shutdown, startup
-from ..patches.frontends import Frontends
 from ..protocol.codec import check_requested, decode_request, encode_outputs
 from ..protocol.metadata import build_metadata, observed_outputs, triton_config
 from ..protocol.shapes import ShapeRules
 from ..protocol.signature import Interface, interface_from_mlmodel
-from . import logs, rest, triton_grpc
+from . import logs, triton
 from .advice import advise
 from .metrics import BatchMetrics
 from .stats import ModelStats
+
+# Seconds an unload waits for requests that resolved this copy before MLServer swapped it out.
+UNLOAD_GRACE = 0.1
 
 
 class TorchFlowRuntime(MLModel):
     """Serves one MLflow PyTorch model over V2 REST and gRPC."""
 
+    _active = 0  # predict() calls in progress
+
     def __init__(self, settings: ModelSettings):
         _take_over_batching(settings)
         super().__init__(settings)
         patches.install()
-        frontends.attach(_mount)
+        frontends.attach(triton.mount)
         try:
             logs.configure(server_settings().log_format)
         except ModelLoadError as err:  # raised before load(): say why here, as load() would
@@ -65,10 +68,8 @@ class TorchFlowRuntime(MLModel):
         # Registered in every process that builds the model: the main one converts gRPC requests.
         grpc_raw.register(settings.name)
         self.stats = ModelStats()
-        # Triton's config and statistics, as custom handlers: with parallel workers MLServer's proxy
-        # model in the main process forwards them, by name, to the worker that holds the model.
-        self.triton_config = self._triton_config_handler()
-        self.triton_stats = self._handler("triton_stats", "stats", self._triton_stats)
+        self.triton_config = triton.custom_handler(self.name, "triton_config", "config", self.model_config)
+        self.triton_stats = triton.custom_handler(self.name, "triton_stats", "stats", self.model_stats)
 
     @property
     def copies(self) -> tuple[Replica, ...]:
@@ -155,40 +156,25 @@ class TorchFlowRuntime(MLModel):
                 rules.describe(_names(interface)),
             )
 
-    def _handler(
-        self, name: str, path: str, call: Callable[[], Awaitable[dict[str, Any]]]
-    ) -> Callable[[], Awaitable[dict[str, Any]]]:
-        async def handler() -> dict[str, Any]:
-            return await call()
-
-        handler.__name__ = name  # with parallel workers MLServer calls it by name on the worker's model
-        register_custom_handler(
-            CustomHandler(rest_path=f"/v2/models/{self.name}/{path}", rest_method="GET"), handler
+    async def model_config(self) -> dict[str, Any]:
+        """Triton's model config. With parallel workers it may run in the main process, where load()
+        never ran: the signature is read from disk then (no torch needed)."""
+        settings = getattr(self, "torchflow", None) or load_settings(self._extra())
+        interface = getattr(self, "_interface", None) or interface_from_mlmodel(
+            locate(self._model_path()).mlmodel
         )
-        return handler
+        batch = settings.batch_config()
+        return triton_config(
+            self.name,
+            interface.inputs,
+            interface.outputs,
+            batch.max_batch_size,
+            batch.preferred_batch_sizes,
+            batch.max_batch_time,
+        )
 
-    async def _triton_stats(self) -> dict[str, Any]:
+    async def model_stats(self) -> dict[str, Any]:
         return self.stats.triton(self.name, self.version)
-
-    def _triton_config_handler(self) -> Callable[[], Awaitable[dict[str, Any]]]:
-        async def model_config() -> dict[str, Any]:
-            # With parallel workers this runs in the main process, where load() never ran: read the
-            # signature from disk then (no torch needed).
-            settings = getattr(self, "torchflow", None) or load_settings(self._extra())
-            interface = getattr(self, "_interface", None) or interface_from_mlmodel(
-                locate(self._model_path()).mlmodel
-            )
-            batch = settings.batch_config()
-            return triton_config(
-                self.name,
-                interface.inputs,
-                interface.outputs,
-                batch.max_batch_size,
-                batch.preferred_batch_sizes,
-                batch.max_batch_time,
-            )
-
-        return self._handler("triton_config", "config", model_config)
 
     def _extra(self) -> dict[str, Any] | None:
         return self.settings.parameters.extra if self.settings.parameters else None
@@ -208,6 +194,7 @@ class TorchFlowRuntime(MLModel):
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
         started = time.monotonic()
+        self._active += 1
         try:
             return await self._predict(payload, started)
         except TorchFlowError as err:
@@ -216,6 +203,8 @@ class TorchFlowRuntime(MLModel):
             logs.request_failed(self.name, payload.id, headers, err)
             logs.tag_with_request_id(err, payload.id)
             raise
+        finally:
+            self._active -= 1
 
     async def _predict(self, payload: InferenceRequest, started: float) -> InferenceResponse:
         interface = self._interface
@@ -224,8 +213,11 @@ class TorchFlowRuntime(MLModel):
         arrays = decode_request(payload, interface, self._limits)
         decoded = time.monotonic()
         phases = Phases()
+        batcher = self.__dict__.get("_batcher")
+        if batcher is None:  # it resolved this copy just before an unload finished
+            raise Unloading("the model was unloaded (or replaced) as this request arrived; retry it.")
         try:
-            named = await self._batcher.submit(arrays, phases)
+            named = await batcher.submit(arrays, phases)
         except TorchFlowError:
             raise
         except Exception as err:
@@ -253,6 +245,15 @@ class TorchFlowRuntime(MLModel):
         interface = self._interface
         return build_metadata(self.name, self.version, interface.inputs, interface.outputs, self._facts)
 
+    async def _settle(self) -> None:
+        """Wait for the requests in this copy to be answered, up to the drain timeout: none is failed
+        by a reload or an unload. A short grace first lets those that resolved this copy just before
+        MLServer swapped it out reach `predict`."""
+        ends = time.monotonic() + server_settings().drain_timeout
+        await asyncio.sleep(UNLOAD_GRACE)
+        while self.__dict__.get("_active", 0) and time.monotonic() < ends:
+            await asyncio.sleep(0.01)
+
     def expire_queued(self, err: Exception) -> None:
         batcher = self.__dict__.get("_batcher")
         if batcher is not None:
@@ -269,8 +270,13 @@ class TorchFlowRuntime(MLModel):
         )
 
     async def unload(self) -> bool:
-        """Also called after a failed load, so every attribute may be missing."""
+        """Also called after a failed load, so every attribute may be missing.
+
+        MLServer calls it after it stopped routing requests here (on a reload, once the new copy is
+        registered): the requests already on their way in are answered first (`_settle`), then the
+        copies go."""
         started = time.monotonic()
+        await self._settle()
         grpc_raw.unregister(self.name)
         # Every copy's batcher, thread and module go, then each device's memory is released, even
         # while MLServer still holds this object.
@@ -279,12 +285,6 @@ class TorchFlowRuntime(MLModel):
             await replicas.close()
         logger.info("unloaded model %s in %.2fs", self.name, time.monotonic() - started)
         return True
-
-
-def _mount(servers: Frontends) -> None:
-    """Triton's REST routes and gRPC methods, once per MLServer (patches/frontends.py)."""
-    rest.mount(servers)
-    triton_grpc.mount(servers)
 
 
 def _names(interface: Interface) -> list[str]:
