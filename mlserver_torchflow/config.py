@@ -234,10 +234,43 @@ class ServerSettings(BaseSettings):
     log_format: Literal["text", "json"] | None = None
     """`json`: the runtime's log lines become one JSON object each. Unset: MLServer's use_structured_logging."""
 
+    restricted_apis: str = ""
+    """Comma-separated API groups that need `restricted_header` (or are off without it), over REST and gRPC:
+    `model-repository` (index, load, unload) and `statistics`. Empty: open, as MLServer has them."""
+
+    restricted_header: str = ""
+    """`key=value`: the header (gRPC: metadata) a request to a restricted API must carry. Empty: the
+    restricted APIs are off for everyone."""
+
     drain_timeout: float = Field(default=25.0, gt=0)
     """Seconds a SIGTERM leaves accepted requests to be answered before the process exits; keep it below
     the pod's termination grace period (Kubernetes' default: 30). Requests still queued one second before
     it get a retryable 503."""
+
+    @field_validator("restricted_apis")
+    @classmethod
+    def _known_groups(cls, value: str) -> str:
+        unknown = [g for g in _groups(value) if g not in API_GROUPS]
+        if unknown:
+            raise ValueError(f"unknown API group(s) {unknown}; the groups are {list(API_GROUPS)}")
+        return value
+
+    @field_validator("restricted_header")
+    @classmethod
+    def _key_value(cls, value: str) -> str:
+        if value and ("=" not in value or not value.partition("=")[0].strip()):
+            raise ValueError("must be key=value, e.g. x-admin-key=<a secret>")
+        return value
+
+    def restricted(self) -> frozenset[str]:
+        return frozenset(_groups(self.restricted_apis))
+
+
+API_GROUPS = ("model-repository", "statistics")
+
+
+def _groups(value: str) -> list[str]:
+    return [g.strip() for g in value.split(",") if g.strip()]
 
 
 @functools.lru_cache(maxsize=1)

@@ -7,7 +7,8 @@ handles three kinds, so there is one base for each, and catching the base is eno
     TorchFlowError                 500  INTERNAL            (base of everything below)
     ├── BadRequest                 400  INVALID_ARGUMENT    the client must change the request
     │   ├── InvalidInput                                    it does not match the model's interface
-    │   └── NotTorchFlow           404  NOT_FOUND           a Triton extension asked of another runtime's model
+    │   ├── NotTorchFlow           404  NOT_FOUND           a Triton extension asked of another runtime's model
+    │   └── Forbidden              403  PERMISSION_DENIED   a restricted API without its header
     ├── TooLarge                   413  RESOURCE_EXHAUSTED  the client must send less per request
     │   ├── RequestTooLarge                                 more rows/values than a limit or the device
     │   └── BodyTooLarge                                    a REST body over the server's body cap
@@ -53,6 +54,13 @@ class NotTorchFlow(BadRequest):
 
     status_code_default = 404
     grpc_code = "NOT_FOUND"
+
+
+class Forbidden(BadRequest):
+    """An API the operator restricted (`MLSERVER_TORCHFLOW_RESTRICTED_APIS`), called without its header."""
+
+    status_code_default = 403
+    grpc_code = "PERMISSION_DENIED"
 
 
 class TooLarge(TorchFlowError):
@@ -103,5 +111,5 @@ class ModelNotFoundOnDisk(ModelLoadError):
 
 def grpc_codes() -> dict[int, str]:
     """REST status -> gRPC code name, for every status the runtime answers with."""
-    kinds = (TorchFlowError, BadRequest, NotTorchFlow, TooLarge, Retryable)
+    kinds = (TorchFlowError, BadRequest, NotTorchFlow, Forbidden, TooLarge, Retryable)
     return {kind.status_code_default: kind.grpc_code for kind in kinds}

@@ -8,6 +8,7 @@
 | `frontends` | MLServer's `RESTServer.add_custom_handlers` | a handle on the running app and gRPC server |
 | `repository_index` | MLServer's gRPC repository index converter | states read `READY`, not `State.READY` |
 | `grpc_status` | MLServer's status -> gRPC code table | 413 and 503 get their gRPC codes |
+| `restricted` | MLServer's gRPC metrics interceptor | repository and statistics behind a required header |
 | `shutdown` | `MLServer.stop` | SIGTERM drains: not ready, no new connections, accepted requests answered |
 | `startup` | `DataPlane.ready`, a filter on MLServer's log | a failed startup exits 3, not 0 |
 | `internals` | nothing (reads prometheus and MLServer state) | metric reuse, MLServer's log format |
@@ -31,6 +32,7 @@ from . import (
     grpc_status,
     internals,
     repository_index,
+    restricted,
     shutdown,
     startup,
     torch_compile,
@@ -46,6 +48,7 @@ PATCHES: tuple[Patch, ...] = (
     frontends.PATCH,
     repository_index.PATCH,
     grpc_status.PATCH,
+    restricted.PATCH,
     shutdown.PATCH,
     startup.PATCH,
     internals.PATCH,

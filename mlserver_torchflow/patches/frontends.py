@@ -25,6 +25,9 @@ from mlserver.errors import ModelNotFound
 from mlserver.grpc.server import GRPCServer
 from mlserver.rest.server import RESTServer
 
+from ..config import server_settings
+from ..errors import ModelLoadError
+from .restricted import grpc_guarded
 from .shutdown import draining
 from .targets import Patch, Target
 
@@ -88,6 +91,11 @@ def attach(hook: Callable[[Frontends], None]) -> None:
 def _grpc_server(rest: RESTServer) -> Any:
     for obj in gc.get_objects():
         if isinstance(obj, GRPCServer) and obj._data_plane is rest._data_plane:
+            if server_settings().restricted() and not grpc_guarded(getattr(obj, "_interceptors", ())):
+                raise ModelLoadError(
+                    "MLSERVER_TORCHFLOW_RESTRICTED_APIS needs MLServer's gRPC metrics interceptor to guard "
+                    "the gRPC methods, and metrics are off (metrics_endpoint): turn them on, or unset it."
+                )
             servicer = getattr(obj, "_inference_servicer", None)
             if servicer is not None and not isinstance(servicer._data_plane, _GrpcDataPlane):
                 servicer._data_plane = _GrpcDataPlane(servicer._data_plane)

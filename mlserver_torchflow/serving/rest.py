@@ -6,6 +6,8 @@
   from `parameters.headers`, and a 422 in FastAPI's format for a body that is not a V2 request.
 - Health and model readiness answer `{"live": bool}` / `{"ready": bool}` with MLServer's status codes.
 - `POST /v2/repository/index` takes an empty body, as tritonclient sends it.
+- The repository and statistics routes answer 403 when restricted and called without the header
+  (`patches.restricted`).
 - Added: Triton's model configuration and statistics, per model and version, and for every model.
 
 Each replaced route keeps its path, so MLServer's per-route metrics keep their labels.
@@ -27,7 +29,7 @@ from pydantic import ValidationError
 from starlette.responses import Response as RawResponse
 
 from ..errors import NotTorchFlow
-from ..patches import grpc_raw, shutdown
+from ..patches import grpc_raw, restricted, shutdown
 from ..patches.frontends import Frontends
 from ..protocol import binary
 
@@ -133,6 +135,7 @@ def mount(frontends: Frontends) -> None:
         return Response({"name": model_name, "ready": is_ready}, status_code=to_status_code(is_ready))
 
     async def index(raw_request: Request) -> Response:
+        restricted.check("model-repository", raw_request.headers)
         body = await raw_request.body()
         try:
             query = (
@@ -142,13 +145,25 @@ def mount(frontends: Frontends) -> None:
             raise _validation_error(err) from err
         return Response(index_items(await repository.index(query)))
 
+    async def load(raw_request: Request, model_name: str) -> RawResponse:
+        restricted.check("model-repository", raw_request.headers)
+        return RawResponse(status_code=to_status_code(await repository.load(name=model_name)))
+
+    async def unload(raw_request: Request, model_name: str) -> RawResponse:
+        restricted.check("model-repository", raw_request.headers)
+        return RawResponse(status_code=to_status_code(await repository.unload(name=model_name)))
+
     async def config(model_name: str, model_version: str | None = None) -> dict[str, Any]:
         return await triton_call(frontends, "triton_config", model_name, model_version)
 
-    async def stats(model_name: str, model_version: str | None = None) -> dict[str, Any]:
+    async def stats(
+        raw_request: Request, model_name: str, model_version: str | None = None
+    ) -> dict[str, Any]:
+        restricted.check("statistics", raw_request.headers)
         return {"model_stats": [await triton_call(frontends, "triton_stats", model_name, model_version)]}
 
-    async def every_stats() -> dict[str, Any]:
+    async def every_stats(raw_request: Request) -> dict[str, Any]:
+        restricted.check("statistics", raw_request.headers)
         return {"model_stats": await all_stats(frontends)}
 
     replaced = {
@@ -159,6 +174,8 @@ def mount(frontends: Frontends) -> None:
         ("GET", "/v2/models/{model_name}/ready"): model_ready,
         ("GET", "/v2/models/{model_name}/versions/{model_version}/ready"): model_ready,
         ("POST", "/v2/repository/index"): index,
+        ("POST", "/v2/repository/models/{model_name}/load"): load,
+        ("POST", "/v2/repository/models/{model_name}/unload"): unload,
     }
     routes = frontends.app.router.routes
     for i, route in enumerate(routes):

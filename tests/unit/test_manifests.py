@@ -182,6 +182,7 @@ def test_runtime_container_and_model_env(ident: str, runtime: dict[str, Any]) ->
     assert env["MLSERVER_MODEL_IMPLEMENTATION"] == IMPLEMENTATION
     assert env["MLSERVER_MODEL_URI"] == env["MLSERVER_MODELS_DIR"] == "/mnt/models"
     assert env["MLSERVER_MODEL_NAME"] == "{{.Name}}"  # templated with the InferenceService name
+    assert env["MLSERVER_TORCHFLOW_RESTRICTED_APIS"] == "model-repository"  # nobody may unload it unasked
     assert (env["MLSERVER_HTTP_PORT"], env["MLSERVER_GRPC_PORT"], env["MLSERVER_METRICS_PORT"]) == (
         "8080",
         "8081",
