@@ -140,6 +140,9 @@ class PinnedServer(Server):
             env=self.env,
             start_new_session=True,
             preexec_fn=pin,
+            # `mlserver start` puts its working directory first on sys.path: from the repo root, that
+            # checkout's mlserver_torchflow would shadow BENCH_OURS_SRC. The server's own folder holds none.
+            cwd=self.dir,
         )
         return self
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from dataclasses import asdict
@@ -75,11 +76,15 @@ def binary_probe(server: Any, iface: Any, reference: Any) -> dict[str, Any]:
     try:
         body, json_size = client.generate_request_body([inp])
         headers = {"Inference-Header-Content-Length": str(json_size), "Content-Type": BINARY_TYPE}
+        mark = len(server.log())
         status, reply = server.post(f"/v2/models/{SPEC.name}/infer", body, headers)
         info: dict[str, Any] = {"status": status, "ok": False}
         if status != 200:
-            info["answer"] = f"HTTP {status}: " + first_line(
-                json.dumps(reply) if isinstance(reply, dict | list) else reply, 300
+            text = json.dumps(reply) if isinstance(reply, dict | list) else reply
+            # the exceptions the server logged for it, in order (the body itself is left out)
+            raised = re.findall(r"^([\w.]+(?:Error|Exception)):", server.log()[mark:], re.MULTILINE)
+            info["answer"] = f"HTTP {status}: {first_line(text, 200)}" + (
+                f" (server log: {' -> '.join(dict.fromkeys(raised))})" if raised else ""
             )
             return info
         result = client.infer(SPEC.name, [inp], headers=dict(BINARY_HEADERS))
@@ -171,7 +176,7 @@ def markdown(points: list[dict[str, Any]], probes: list[dict[str, Any]], args: a
     ]
     for pinned in sorted({p["pinned"] for p in points}):
         for c in args.concurrency:
-            b, j, g = (rps(pinned, "ours", t, c) for t in TRANSPORTS)
+            j, b, g = (rps(pinned, "ours", t, c) for t in TRANSPORTS)  # JSON, binary, gRPC
             met = b / j >= TARGET_VS_JSON and b / g >= TARGET_VS_GRPC if b > 0 and j > 0 and g > 0 else None
             verdict = "–" if met is None else ("met" if met else "missed")
             peers = [x(rps(pinned, "ours", t, c), rps(pinned, "peer", t, c)) for t in ("rest", "grpc")]

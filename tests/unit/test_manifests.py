@@ -205,10 +205,11 @@ def test_implementation_class_exists() -> None:
 
 @pytest.mark.parametrize(("ident", "runtime"), RUNTIMES, ids=ids(RUNTIMES))
 def test_runtime_env_names_are_settings_mlserver_reads(ident: str, runtime: dict[str, Any]) -> None:
-    from mlserver_torchflow.config import ENV_PREFIX, TorchFlowSettings
+    from mlserver_torchflow.config import ENV_PREFIX, SERVER_ENV_PREFIX, ServerSettings, TorchFlowSettings
 
     known = _mlserver_env_names() | IMAGE_ONLY_ENV
     known |= {(ENV_PREFIX + name).upper() for name in TorchFlowSettings.model_fields}
+    known |= {(SERVER_ENV_PREFIX + name).upper() for name in ServerSettings.model_fields}
     unknown = sorted(n for n in env_of(container_of(runtime)) if n.startswith("MLSERVER_") and n not in known)
     assert not unknown, f"no MLServer / TorchFlow setting reads {unknown}"
 
