@@ -409,6 +409,74 @@ def test_rest_raw_bodies_and_content_types(
     still_serving(server, models, stub)
 
 
+@st.composite
+def binary_request(draw: st.DrawFn) -> tuple[str, bytes, dict[str, str], dict[str, np.ndarray] | None]:
+    """Triton's binary framing, valid or lying: header lengths, sizes, shapes, datatypes and orders."""
+    model = draw(st.sampled_from(sorted(INPUTS)))
+    rows = draw(st.integers(1, 3))
+    arrays = {
+        n: np.random.default_rng(rows).random((rows, w), dtype=np.float32) for n, w in INPUTS[model].items()
+    }
+    inputs, chunks = [], []
+    for name, array in arrays.items():
+        size = draw(st.one_of(st.just(array.nbytes), st.integers(-2, array.nbytes + 9), st.text(max_size=3)))
+        datatype = draw(st.sampled_from(["FP32", "FP32", "FP64", "INT64", "BYTES", "BF16"]))
+        shape = draw(st.one_of(st.just(list(array.shape)), st.lists(st.integers(-1, 2**40), max_size=3)))
+        inputs.append(
+            {"name": name, "shape": shape, "datatype": datatype, "parameters": {"binary_data_size": size}}
+        )
+        chunks.append(array.tobytes())
+    if draw(st.booleans()):
+        inputs.reverse()
+    header = json.dumps(
+        {"inputs": inputs, "parameters": {"binary_data_output": draw(st.booleans())}}
+    ).encode()
+    tail = b"".join(chunks) + draw(st.sampled_from([b"", b"\0", b"\0" * 64]))
+    length = draw(
+        st.one_of(
+            st.just(str(len(header))),
+            st.integers(-3, len(header) + 80).map(str),
+            st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=4),
+        )
+    )
+    headers = {"Inference-Header-Content-Length": length}
+    valid = (
+        length == str(len(header))
+        and tail == b"".join(chunks)
+        and all(
+            i["datatype"] == "FP32"
+            and i["shape"] == list(arrays[i["name"]].shape)
+            and i["parameters"]["binary_data_size"] == arrays[i["name"]].nbytes
+            for i in inputs
+        )
+        and [i["name"] for i in inputs] == list(arrays)
+    )
+    return model, header + tail, headers, arrays if valid else None
+
+
+@given(case=binary_request())
+@seed(SEED)
+@FUZZ
+def test_rest_binary_tensors(
+    server: Server,
+    models: dict[str, Saved],
+    stub: pb_grpc.GRPCInferenceServiceStub,
+    case: tuple[str, bytes, dict[str, str], dict[str, np.ndarray] | None],
+) -> None:
+    """Any framing is answered: a 4xx with `{"error"}` when it does not add up, the right answer when it does."""
+    model, body, headers, valid = case
+    COUNTS["case rest binary"] += 1
+    status, answer = post(server, f"/v2/models/{model}/infer", body, headers)
+    COUNTS[f"rest binary {status}"] += 1
+    text = answer.decode(errors="replace")
+    assert 0 < status < 500 and "Traceback" not in text, f"{status}: {text[:2000]}"
+    if valid is not None:
+        assert status == 200, text[:2000]
+    if status != 200:
+        assert "error" in json.loads(answer) or "detail" in json.loads(answer), text[:500]
+    still_serving(server, models, stub)
+
+
 # --- gRPC -----------------------------------------------------------------------------------------
 
 int64s = st.one_of(
