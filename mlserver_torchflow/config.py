@@ -100,6 +100,11 @@ class TorchFlowSettings(BaseSettings):
     queue_timeout: float = 0.0
     """Seconds a request may wait in the queue before it fails with a 503 unrun; 0 = no limit."""
 
+    execution_timeout: float = Field(default=0.0, ge=0)
+    """Seconds one forward pass may run before its requests get a retryable 503 and this copy is marked
+    unhealthy (readiness false) until the pass returns; 0 = no limit. A hung device cannot be interrupted:
+    this stops requests from queueing behind it, and tells the orchestrator."""
+
     max_request_rows: int = Field(default=DEFAULT_MAX_ROWS, ge=0)
     """Rows (first dimension) one request may carry; more is a 413. 0 = no limit."""
 
@@ -135,6 +140,7 @@ class TorchFlowSettings(BaseSettings):
             if self.max_queue_rows is not None
             else 32 * max(self.max_batch_size, 1),
             queue_timeout=self.queue_timeout,
+            execution_timeout=self.execution_timeout,
         )
 
     @field_validator("device")
@@ -298,6 +304,7 @@ class BatchConfig:
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_rows: int = 0
     queue_timeout: float = 0.0
+    execution_timeout: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ handles three kinds, so there is one base for each, and catching the base is eno
     ├── Retryable                  503  UNAVAILABLE         the same request may succeed later
     │   ├── QueueFull                                       back-pressure: the queue is full
     │   ├── QueueTimeout                                    it waited past queue_timeout, unrun
-    │   └── Unloading                                       the model is being unloaded
+    │   ├── Unloading                                       the model is being unloaded
+    │   └── ExecutionTimeout                                a pass ran past execution_timeout (or one still runs)
     ├── ModelExecutionError        500  INTERNAL            the model raised on a valid request
     └── ModelLoadError             500  (load time)         the model cannot be found, read or placed
         └── ModelNotFoundOnDisk                             no weights where any layout could put them
@@ -95,6 +96,10 @@ class QueueTimeout(Retryable):
 
 class Unloading(Retryable):
     """The model is being unloaded (or reloaded) while the request waited; it was not run."""
+
+
+class ExecutionTimeout(Retryable):
+    """A forward pass ran past `execution_timeout`, or this copy's last one still has not returned."""
 
 
 class ModelExecutionError(TorchFlowError):

@@ -112,6 +112,20 @@ class SlowMLP(nn.Module):
         return self.net(x)
 
 
+class HangsOnBig(nn.Module):
+    """The MLP, but a pass holding a value above 100 hangs for `hang` seconds: a stuck device."""
+
+    def __init__(self, hang: float = 4.0) -> None:
+        super().__init__()
+        self.hang = hang
+        self.net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x > 100).any()):
+            time.sleep(self.hang)
+        return self.net(x)
+
+
 class BreaksWhenLoaded(nn.Module):
     """Restoring it takes two seconds and then raises: a model whose load fails late, in the server."""
 

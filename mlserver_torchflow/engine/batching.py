@@ -22,7 +22,7 @@ import numpy as np
 
 from ..common import Named, logger, rows_of
 from ..config import BatchConfig
-from ..errors import QueueFull, QueueTimeout, RequestTooLarge, Unloading
+from ..errors import ExecutionTimeout, QueueFull, QueueTimeout, RequestTooLarge, Unloading
 from .device import is_out_of_memory
 from .merging import BatchKey, batch_key, concatenate, has_batch_dimension, join, padded_rows, split
 
@@ -91,6 +91,7 @@ class Batcher:
         self._queued_rows = 0
         self._in_flight = 0
         self._splittable = True  # false once a model returns outputs without a batch dimension
+        self.healthy = True  # false while a pass that ran past execution_timeout has not returned
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task = asyncio.get_running_loop().create_task(self._dispatch_loop())
@@ -98,6 +99,8 @@ class Batcher:
     async def submit(self, arrays: list[np.ndarray], phases: Phases | None = None) -> Named:
         """The model's outputs for these rows; `phases`, when given, receives where the time went."""
         phases = Phases() if phases is None else phases
+        if not self.healthy:
+            raise self._still_hung()
         key = batch_key(arrays)
         if key is None or not self._splittable or self.config.max_batch_size <= 1:
             return await self._run_alone(arrays, phases)
@@ -152,6 +155,8 @@ class Batcher:
     async def _dispatch_loop(self) -> None:
         while True:
             self._drop_dead()
+            if not self.healthy:  # nothing may queue behind a hung pass
+                self.expire_queued(self._still_hung())
             if not self._pending or self._in_flight >= self._max_in_flight:
                 await self._sleep(None)
                 continue
@@ -241,6 +246,9 @@ class Batcher:
             for item, answer in zip(items, answers, strict=True):
                 _account(item.phases, batch)
                 _deliver(item, answer)
+        except ExecutionTimeout as err:  # the device hangs: re-running alone would queue behind it
+            for item in items:
+                _deliver(item, type(err)(*err.args))
         except Exception as err:
             if len(items) > 1:  # find the culprit: every other request still gets its answer
                 await asyncio.gather(*(self._execute([i]) for i in items))
@@ -296,7 +304,15 @@ class Batcher:
     async def _timed(self, arrays: list[np.ndarray], rows: int, phases: Phases) -> Named:
         started = time.monotonic()
         loop = asyncio.get_running_loop()
-        outputs = await loop.run_in_executor(self._executor, self._run, arrays)
+        running = loop.run_in_executor(self._executor, self._run, arrays)
+        limit = self.config.execution_timeout
+        if not limit:
+            outputs = await running
+        else:
+            try:
+                outputs = await asyncio.wait_for(asyncio.shield(running), limit)
+            except TimeoutError:
+                raise self._hung(running, rows, limit) from None
         seconds = time.monotonic() - started
         self._metrics.batch(rows, seconds)
         phases.compute_infer += seconds
@@ -307,6 +323,39 @@ class Batcher:
         outputs = await self._timed(arrays, rows_of(arrays), phases)
         self._metrics.executed(phases)
         return outputs
+
+    def _hung(self, running: asyncio.Future[Named], rows: int, limit: float) -> ExecutionTimeout:
+        """Mark this copy unhealthy until the pass returns (its result is dropped then)."""
+        self.healthy = False
+        started = time.monotonic() - limit
+        logger.error(
+            "a forward pass of %d rows has run for %.1fs, past execution_timeout: this copy is unhealthy "
+            "(readiness false) until it returns",
+            rows,
+            limit,
+        )
+
+        def recovered(done: asyncio.Future[Named]) -> None:
+            self.healthy = True
+            if not done.cancelled():
+                done.exception()  # retrieved: a late failure is not "never retrieved"
+            logger.warning(
+                "the forward pass that hung returned after %.1fs: this copy is healthy again",
+                time.monotonic() - started,
+            )
+            self._wake.set()
+
+        running.add_done_callback(recovered)
+        return ExecutionTimeout(
+            f"the model's forward pass ran past execution_timeout ({limit}s) and was not answered; retry it "
+            "(another replica may serve it)."
+        )
+
+    def _still_hung(self) -> ExecutionTimeout:
+        return ExecutionTimeout(
+            "this model copy's last forward pass ran past execution_timeout and has not returned; retry "
+            "later or on another replica."
+        )
 
 
 def _account(request: Phases, batch: Phases) -> None:

@@ -51,7 +51,8 @@ class ReplicaSet:
         self._next = 0
 
     async def submit(self, arrays: list[np.ndarray], phases: Phases | None = None) -> Named:
-        index = pick([r.outstanding for r in self.replicas], self._next)
+        # A copy whose pass hung (execution_timeout) is passed over while another is healthy.
+        index = pick([r.outstanding if r.batcher.healthy else 2**62 for r in self.replicas], self._next)
         self._next = (index + 1) % len(self.replicas)
         replica = self.replicas[index]
         rows = rows_of(arrays)

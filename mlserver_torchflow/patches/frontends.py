@@ -48,11 +48,35 @@ class Frontends:
     async def models(self) -> list[Any]:
         return list(await self.data_plane._model_registry.get_models())
 
+    async def ready(self) -> bool:
+        return await ready(self.data_plane)
+
+    async def model_ready(self, name: str, version: str | None = None) -> bool:
+        """Raises MLServer's ModelNotFound for an unknown model (REST answers 404)."""
+        return await model_ready(self.data_plane, name, version)
+
     def declare_extensions(self, names: tuple[str, ...]) -> None:
         """List Triton extensions in the server metadata (`GET /v2`): perf_analyzer asks for server-side
         statistics only from a server that declares `statistics`."""
         extensions = self.data_plane._settings.extensions
         extensions.extend(n for n in names if n not in extensions)
+
+
+def _healthy(model: Any) -> bool:
+    return bool(getattr(model, "healthy", True))  # a TorchFlow model whose pass hung is not
+
+
+async def ready(data_plane: Any) -> bool:
+    """MLServer's readiness, false while draining or while a model's copies are all hung."""
+    if draining() or not await data_plane.ready():
+        return False
+    return all(_healthy(m) for m in await data_plane._model_registry.get_models())
+
+
+async def model_ready(data_plane: Any, name: str, version: str | None = None) -> bool:
+    if draining() or not await data_plane.model_ready(name, version):
+        return False
+    return _healthy(await data_plane._model_registry.get_model(name, version))
 
 
 class _GrpcDataPlane:
@@ -65,13 +89,11 @@ class _GrpcDataPlane:
         return getattr(self._data_plane, name)
 
     async def ready(self) -> bool:
-        return not draining() and bool(await self._data_plane.ready())
+        return await ready(self._data_plane)
 
     async def model_ready(self, name: str, version: str | None = None) -> bool:
-        if draining():
-            return False
         try:
-            return bool(await self._data_plane.model_ready(name, version))
+            return await model_ready(self._data_plane, name, version)
         except ModelNotFound:
             return False
 

@@ -56,17 +56,20 @@ def split_body(body: bytes, declared: str) -> tuple[dict[str, Any], memoryview]:
     return header, memoryview(body)[size:]
 
 
-def attach(header: dict[str, Any], binary: memoryview) -> dict[str, Any]:
-    """Fill `data` of each input that declares `binary_data_size` with its slice of `binary`.
+def attach(header: dict[str, Any], binary: memoryview) -> tuple[dict[str, Any], dict[int, memoryview]]:
+    """Each input's slice of `binary`, by its position in `inputs`, sizes checked in order against its
+    shape and what remains of the body; the slices are views (no copy).
 
-    Sizes are checked, in order, against the shape and what remains of the body; the slices are views
-    (no copy). Returns the header, ready for `InferenceRequest` validation.
+    The header comes back with an empty `data` in each binary input, to validate as an `InferenceRequest`
+    before the slices go in: pydantic tries MLServer's `TensorData` as a list first and would walk a view
+    byte by byte (20 ms for one 3x224x224 image).
     """
     inputs = header.get("inputs")
+    chunks: dict[int, memoryview] = {}
     if not isinstance(inputs, list):
-        return header  # pydantic's validation names what is missing
+        return header, chunks  # pydantic's validation names what is missing
     offset = 0
-    for inp in inputs:
+    for index, inp in enumerate(inputs):
         size = _declared_size(inp)
         if size is None:
             continue
@@ -82,14 +85,15 @@ def attach(header: dict[str, Any], binary: memoryview) -> dict[str, Any]:
             )
         chunk = binary[offset : offset + size]
         _check_size(inp, name, chunk)
-        inp["data"] = chunk
+        inp["data"] = []
+        chunks[index] = chunk
         offset += size
     if offset != len(binary):
         raise InvalidInput(
             f"the body holds {len(binary)} bytes after the JSON header, but the inputs' "
             f"binary_data_size add up to {offset}; send exactly the declared bytes."
         )
-    return header
+    return header, chunks
 
 
 def _declared_size(inp: Any) -> int | None:

@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from starlette.responses import Response as RawResponse
 
 from ..errors import NotTorchFlow
-from ..patches import grpc_raw, restricted, shutdown
+from ..patches import grpc_raw, restricted
 from ..patches.frontends import Frontends
 from ..protocol import binary
 
@@ -69,7 +69,8 @@ def _validation_error(err: ValidationError) -> RequestValidationError:
     return RequestValidationError(errors)
 
 
-def _parse(body: bytes, declared: str | None) -> Any:
+def _parse(body: bytes, declared: str | None) -> tuple[Any, dict[int, memoryview]]:
+    """The request (JSON, or a binary framing's header) and the binary inputs' data by position."""
     if declared is not None:
         header, rest = binary.split_body(body, declared)
         return binary.attach(header, rest)
@@ -79,7 +80,7 @@ def _parse(body: bytes, declared: str | None) -> Any:
         raise RequestValidationError(
             [{"type": "json_invalid", "loc": ("body", err.pos), "msg": "JSON decode error", "input": {}}]
         ) from err
-    return parsed  # anything but an object fails InferenceRequest's validation: a 422, as before
+    return parsed, {}  # anything but an object fails InferenceRequest's validation: a 422, as before
 
 
 def _adapt(payload: InferenceRequest, model: Any) -> None:
@@ -104,13 +105,15 @@ def mount(frontends: Frontends) -> None:
 
     async def infer(raw_request: Request, model_name: str, model_version: str | None = None) -> RawResponse:
         declared = raw_request.headers.get(binary.HEADER)
-        request = _parse(await raw_request.body(), declared)
+        request, chunks = _parse(await raw_request.body(), declared)
         default, chosen = binary.binary_outputs(request) if isinstance(request, dict) else (False, {})
         try:
             payload = InferenceRequest.model_validate(request)
         except ValidationError as err:
             raise _validation_error(err) from err
-        if declared is not None:
+        if chunks:
+            for index, chunk in chunks.items():
+                payload.inputs[index].data.root = chunk
             _adapt(payload, await frontends.model(model_name, model_version))
         insert_headers(payload, dict(raw_request.headers))
         response = await data_plane.infer(payload, model_name, model_version)
@@ -127,11 +130,11 @@ def mount(frontends: Frontends) -> None:
         return Response({"live": is_live}, status_code=to_status_code(is_live))
 
     async def ready() -> Response:
-        is_ready = not shutdown.draining() and await data_plane.ready()
+        is_ready = await frontends.ready()
         return Response({"ready": is_ready}, status_code=to_status_code(is_ready))
 
     async def model_ready(model_name: str, model_version: str | None = None) -> Response:
-        is_ready = await data_plane.model_ready(model_name, model_version) and not shutdown.draining()
+        is_ready = await frontends.model_ready(model_name, model_version)
         return Response({"name": model_name, "ready": is_ready}, status_code=to_status_code(is_ready))
 
     async def index(raw_request: Request) -> Response:

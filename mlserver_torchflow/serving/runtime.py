@@ -72,6 +72,13 @@ class TorchFlowRuntime(MLModel):
         self.triton_stats = triton.custom_handler(self.name, "triton_stats", "stats", self.model_stats)
 
     @property
+    def healthy(self) -> bool:
+        """False while every copy is stuck in a pass past execution_timeout: readiness says so
+        (patches/frontends.py), while requests still reach the runtime and get a retryable 503."""
+        copies = self.copies
+        return not copies or any(r.batcher.healthy for r in copies)
+
+    @property
     def copies(self) -> tuple[Replica, ...]:
         """The loaded copies of the model (one per device entry); empty before load and after unload."""
         batcher = self.__dict__.get("_batcher")

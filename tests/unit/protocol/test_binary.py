@@ -25,8 +25,13 @@ def spec(name: str, shape: list[int], datatype: str, size: int) -> dict:
 
 
 def parse(body: bytes, declared: str) -> dict:
+    """The request with each binary input's slice put in its `data`, as the REST route does after validation."""
     header, rest = binary.split_body(body, declared)
-    return binary.attach(header, rest)
+    request, chunks = binary.attach(header, rest)
+    for index, chunk in chunks.items():
+        assert request["inputs"][index]["data"] == []  # a placeholder until validation is done
+        request["inputs"][index]["data"] = chunk
+    return request
 
 
 def test_two_inputs_are_sliced_in_order_without_copies() -> None:
