@@ -112,6 +112,22 @@ class SlowMLP(nn.Module):
         return self.net(x)
 
 
+class OomAbove(nn.Module):
+    """The MLP on a device that runs out of memory on a batch of more than `rows` rows (a CPU twin of
+    CUDA's out-of-memory: the batcher must halve the batch and answer every request)."""
+
+    def __init__(self, rows: int = 4) -> None:
+        super().__init__()
+        self.rows = rows
+        self.net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.005)
+        if x.shape[0] > self.rows:
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory (CPU twin): {x.shape[0]} rows")
+        return self.net(x)
+
+
 class HangsOnBig(nn.Module):
     """The MLP, but a pass holding a value above 100 hangs for `hang` seconds: a stuck device."""
 

@@ -9,6 +9,7 @@ with `np.frombuffer`. Other models in the same server keep MLServer's own path.
 from __future__ import annotations
 
 import struct
+from collections import Counter
 
 from mlserver import types
 from mlserver.grpc import dataplane_pb2 as pb
@@ -22,17 +23,20 @@ from mlserver.grpc.converters import (
 from ..errors import InvalidInput
 from .targets import Patch, Target
 
-_models: set[str] = set()
+_models: Counter[str] = Counter()
 _original = ModelInferRequestConverter.to_types
 
 
 def register(model_name: str) -> None:
-    """Called for each TorchFlow model, in every process that builds it (the main one converts)."""
-    _models.add(model_name)
+    """Called for each TorchFlow model, in every process that builds it (the main one converts). Counted:
+    on a reload the new copy registers before the old one unregisters."""
+    _models[model_name] += 1
 
 
 def unregister(model_name: str) -> None:
-    _models.discard(model_name)
+    _models[model_name] -= 1
+    if _models[model_name] <= 0:
+        del _models[model_name]
 
 
 def registered(model_name: str) -> bool:
