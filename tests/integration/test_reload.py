@@ -22,6 +22,7 @@ from tests import builders as b
 from tests.server import Server
 
 CLIENTS = 32
+SLACK = 0.5  # seconds: how late a client thread may send a request after stamping it
 
 
 def _versions(tmp_path: Path, device: str) -> tuple[dict[str, torch.nn.Module], dict[str, Path]]:
@@ -107,25 +108,19 @@ def test_reload_then_unload_under_load(tmp_path: Path, device: str) -> None:
     assert outcomes["wrong"] == 0, outcomes
     assert outcomes["v1"] > 0 and outcomes["v2"] > 0, outcomes
     for worker, entries in enumerate(seen):
-        before = [e for e in entries if float(e.split()[1]) < unloading]
-        # No request failed before the unload, and a client never went back to v1 once it saw v2. Seen once
-        # in about ten runs: MLServer answering "Model m not found" to requests sent while its registry
-        # swapped the copies; allowed in that window only, and counted.
-        swap = [e for e in before if e.startswith("error") and reloading <= float(e.split()[1]) <= reloaded]
-        assert all("not found" in e for e in swap), (worker, swap[:3])
-        kinds = [e.split()[0] for e in before if e not in swap]
-        assert "error" not in kinds, (
-            worker,
-            reloaded,
-            unloading,
-            [e for e in before if e.startswith("error")][:3],
-            log[-6000:],
-        )
+        # `sent` is stamped before the client builds its request: with 32 client threads on 2 cores, one
+        # stamped just before the unload can reach the server after it (seen once in ten runs), so the
+        # unload's boundary has SLACK seconds.
+        before = [e for e in entries if float(e.split()[1]) < unloading - SLACK]
+        # No request failed before the unload, and a client never went back to v1 once it saw v2.
+        kinds = [e.split()[0] for e in before]
+        errors = [e for e in before if e.startswith("error")]
+        assert not errors, (worker, reloading, reloaded, unloading, errors[:3], log[-6000:])
         if "v2" in kinds:
             assert "v1" not in kinds[kinds.index("v2") :], (worker, kinds)
-        late = [e for e in entries if reloaded + 0.5 < float(e.split()[1]) < unloading]
+        late = [e for e in entries if reloaded + SLACK < float(e.split()[1]) < unloading - SLACK]
         assert all(e.startswith("v2") for e in late), (worker, late[:3])
-        after = [e for e in entries if float(e.split()[1]) > unloaded + 0.5]
+        after = [e for e in entries if float(e.split()[1]) > unloaded + SLACK]
         # Once unloaded: a clear "not found" (or a retryable 503 in the instant of the unload).
         assert all(e.startswith("error") and ("not found" in e or "retry" in e) for e in after), (
             worker,
