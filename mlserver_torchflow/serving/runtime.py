@@ -13,7 +13,6 @@ MLServer calls each hook with a contract of its own:
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import time
 import urllib.parse
@@ -21,7 +20,7 @@ from typing import Any
 
 from mlserver import MLModel
 from mlserver.errors import InvalidModelURI
-from mlserver.settings import ModelParameters, ModelSettings
+from mlserver.settings import ModelSettings
 from mlserver.types import InferenceRequest, InferenceResponse, MetadataModelResponse
 from mlserver.utils import to_absolute_path
 
@@ -41,13 +40,10 @@ from ..protocol.codec import check_requested, decode_request, encode_outputs
 from ..protocol.metadata import build_metadata, observed_outputs, triton_config
 from ..protocol.shapes import ShapeRules
 from ..protocol.signature import Interface, interface_from_mlmodel
-from . import logs, triton
+from . import lifecycle, logs, triton
 from .advice import advise
 from .metrics import BatchMetrics
 from .stats import ModelStats
-
-# Seconds an unload waits for requests that resolved this copy before MLServer swapped it out.
-UNLOAD_GRACE = 0.1
 
 
 class TorchFlowRuntime(MLModel):
@@ -56,7 +52,7 @@ class TorchFlowRuntime(MLModel):
     _active = 0  # predict() calls in progress
 
     def __init__(self, settings: ModelSettings):
-        _take_over_batching(settings)
+        lifecycle.take_over_batching(settings)
         super().__init__(settings)
         patches.install()
         frontends.attach(triton.mount)
@@ -252,15 +248,6 @@ class TorchFlowRuntime(MLModel):
         interface = self._interface
         return build_metadata(self.name, self.version, interface.inputs, interface.outputs, self._facts)
 
-    async def _settle(self) -> None:
-        """Wait for the requests in this copy to be answered, up to the drain timeout: none is failed
-        by a reload or an unload. A short grace first lets those that resolved this copy just before
-        MLServer swapped it out reach `predict`."""
-        ends = time.monotonic() + server_settings().drain_timeout
-        await asyncio.sleep(UNLOAD_GRACE)
-        while self.__dict__.get("_active", 0) and time.monotonic() < ends:
-            await asyncio.sleep(0.01)
-
     def expire_queued(self, err: Exception) -> None:
         batcher = self.__dict__.get("_batcher")
         if batcher is not None:
@@ -280,10 +267,11 @@ class TorchFlowRuntime(MLModel):
         """Also called after a failed load, so every attribute may be missing.
 
         MLServer calls it after it stopped routing requests here (on a reload, once the new copy is
-        registered): the requests already on their way in are answered first (`_settle`), then the
+        registered): the requests already on their way in are answered first (`lifecycle.settle`), then the
         copies go."""
         started = time.monotonic()
-        await self._settle()
+        if "_batcher" in self.__dict__:  # a copy that never loaded has nothing to answer: no wait
+            await lifecycle.settle(lambda: self._active, server_settings().drain_timeout)
         grpc_raw.unregister(self.name)
         # Every copy's batcher, thread and module go, then each device's memory is released, even
         # while MLServer still holds this object.
@@ -306,21 +294,3 @@ def _interface(files: ModelFiles) -> Interface:
         return interface_from_mlmodel(files.mlmodel)
     except ModelLoadError as err:
         raise ModelLoadError(f"{files.model_dir / MLMODEL}: {err}") from err
-
-
-def _take_over_batching(settings: ModelSettings) -> None:
-    """Move MLServer's `max_batch_size` / `max_batch_time` into our settings, and zero MLServer's copy.
-
-    MLServer's generic batcher wraps any model with `max_batch_size > 1`; ours replaces it. The values
-    go into `parameters.extra`, which travels to parallel workers with the rest of the settings.
-    """
-    if settings.max_batch_size <= 1:
-        return
-    if settings.parameters is None:
-        settings.parameters = ModelParameters()
-    extra = settings.parameters.extra if settings.parameters.extra is not None else {}
-    extra.setdefault("max_batch_size", settings.max_batch_size)
-    extra.setdefault("max_batch_time", settings.max_batch_time)
-    settings.parameters.extra = extra
-    settings.max_batch_size = 0
-    settings.max_batch_time = 0
