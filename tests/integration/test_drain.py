@@ -78,9 +78,8 @@ def _grpc_client(server: Server, model: b.SlowMLP, seed: int, stop: threading.Ev
 
 
 def test_sigterm_drains_every_accepted_request(tmp_path: Path) -> None:
-    model = b.SlowMLP(
-        delay=0.25
-    ).eval()  # 4 rows a batch: about 16 requests/s, far below what 64 clients send
+    # 4 rows a batch at 0.25 s a pass: about 16 requests/s, far below what 64 clients send
+    model = b.SlowMLP(delay=0.25).eval()
     b.save(model, tmp_path / "saved", "pickle", b.example_for(b.MLP))
     write_model_settings(
         tmp_path / "repo" / "slow",
