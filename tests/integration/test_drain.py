@@ -72,7 +72,14 @@ def _grpc_client(server: Server, model: b.SlowMLP, seed: int, stop: threading.Ev
             if "UNAVAILABLE" in text and "retry it" in text:
                 out.append("503")
                 continue
-            out.append("refused" if "UNAVAILABLE" in text else f"grpc {text[:300]}")
+            if "UNAVAILABLE" in text:
+                out.append("refused")
+            elif "CANCELLED" in text:
+                # gRPC core cancels calls that arrived but were not yet handed to a handler when the
+                # server stops; fine only if the runtime never saw it: see the count below
+                out.append("unanswered")
+            else:
+                out.append(f"grpc {text[:300]}")
             return
         out.append("ok" if np.allclose(got, b.reference(model, x), rtol=1e-5, atol=1e-5) else "wrong")
 
