@@ -40,7 +40,9 @@ def save(kind: str, model: torch.nn.Module, example: torch.Tensor, folder: Path)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--mb", type=int, default=1024, help="approximate weights size per model")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()

@@ -1,9 +1,11 @@
-"""The two CPU models the benchmark serves, built in the repo (no downloads) from fixed seeds.
+"""The CPU models the benchmark serves, built in the repo (no downloads) from fixed seeds.
 
 * ``mlp``:  256 -> 1024 -> 1024 -> 10, input ``[-1, 256]`` FP32.
 * ``conv``: two 3x3 conv layers + a linear head to 10, input ``[-1, 3, 32, 32]`` FP32.
+* ``sim-F-R`` (and the named shapes ``sim-launch``, ``sim-mid``, ``sim-row``): a simulated device that
+  sleeps F + R x rows ms per call, input ``[-1, 16]`` FP32 (``dispatch.py``).
 
-Both are saved with ``mlflow.pytorch.save_model(..., serialization_format="pickle", input_example=...)``:
+All are saved with ``mlflow.pytorch.save_model(..., serialization_format="pickle", input_example=...)``:
 pickle, because the peer (mlserver-mlflow) loads through MLflow's pyfunc flavor, which a ``pt2`` model with a
 tensor input example does not have in every MLflow version. The classes are pickled by value (cloudpickle), so
 neither server needs this module on its path to unpickle them.
@@ -15,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +63,20 @@ class ConvNet(nn.Module):
         return self.head(torch.flatten(self.features(x), 1))
 
 
+class SimDevice(nn.Module):
+    """A device-bound model without a device: each call sleeps `fixed + per_row * N` seconds, as the host
+    does while it waits on a CUDA stream (the GIL is released), so a batcher's dispatch policy can be
+    measured on a CPU machine. The answer is a cheap deterministic function of x: [N, 16] -> [N, 10]."""
+
+    def __init__(self, fixed: float, per_row: float) -> None:
+        super().__init__()
+        self.fixed, self.per_row = fixed, per_row  # attributes, so that they travel in the pickle
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.fixed + self.per_row * x.shape[0])
+        return x[:, :10] * 2 + 1
+
+
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
@@ -68,9 +86,13 @@ class Spec:
     cls: type[nn.Module]
     row_shape: tuple[int, ...]  # one row, without the batch dimension
     seed: int = SEED
+    fixed: float | None = None  # SimDevice: seconds per call
+    per_row: float | None = None  # SimDevice: seconds per row
 
     def build(self) -> nn.Module:
         torch.manual_seed(self.seed)
+        if self.fixed is not None:
+            return self.cls(self.fixed, self.per_row or 0.0).eval()
         return self.cls().eval()
 
     def inputs(self, rows: int, seed: int) -> np.ndarray:
@@ -82,10 +104,33 @@ class Spec:
         return root / (self.name if fmt == "pickle" else f"{self.name}-{fmt}")
 
 
+def sim_spec(fixed_ms: float, per_row_ms: float) -> Spec:
+    """A SimDevice of F ms per call and R ms per row, named `sim-F-R`: the saved folder says both."""
+    return Spec(
+        f"sim-{fixed_ms:g}-{per_row_ms:g}", SimDevice, (16,), fixed=fixed_ms / 1e3, per_row=per_row_ms / 1e3
+    )
+
+
+SIM_SHAPES = {  # from launch-bound to row-bound: (F ms, R ms)
+    "sim-launch": (20.0, 0.1),
+    "sim-mid": (5.0, 0.3),
+    "sim-row": (2.0, 1.0),
+}
 SPECS: dict[str, Spec] = {
     "mlp": Spec("mlp", MLP, (256,)),
     "conv": Spec("conv", ConvNet, (3, 32, 32)),
+    **{key: sim_spec(*shape) for key, shape in SIM_SHAPES.items()},
 }
+
+
+def spec_of(key: str) -> Spec:
+    """SPECS[key], or a SimDevice for any `sim-F-R` (F, R in ms, e.g. `sim-3-0.5`)."""
+    if key in SPECS:
+        return SPECS[key]
+    match = re.fullmatch(r"sim-(\d+(?:\.\d+)?)-(\d+(?:\.\d+)?)", key)
+    if match is None:
+        raise KeyError(f"unknown model {key!r}: one of {sorted(SPECS)} or sim-F-R (ms)")
+    return sim_spec(float(match[1]), float(match[2]))
 
 
 def forward(model: nn.Module, array: np.ndarray) -> np.ndarray:
@@ -135,11 +180,11 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_DIR)
-    parser.add_argument("--models", default=",".join(SPECS))
+    parser.add_argument("--models", default=",".join(SPECS), help="names in SPECS or sim-F-R")
     parser.add_argument("--force", action="store_true", help="save again even if already saved")
     args = parser.parse_args()
     for name in args.models.split(","):
-        path = save(SPECS[name], args.out, args.force)
+        path = save(spec_of(name), args.out, args.force)
         import yaml
 
         signature = yaml.safe_load((path / "MLmodel").read_text())["signature"]

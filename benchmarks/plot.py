@@ -1,5 +1,6 @@
-"""The run's figure: throughput and p99 against concurrency, one panel per model, protocol and row count;
-matplotlib is optional, so its absence costs the figure only."""
+"""The run's figure: throughput and p99 against concurrency, one panel per model, protocol and row count
+(with an ideal bound's line where the caller has one, as dispatch.py does); matplotlib is optional, so its
+absence costs the figure only."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ from pathlib import Path
 from measure import Point
 
 
-def plot(points: list[Point], args: argparse.Namespace, tag: str, path: Path) -> str | None:
+def plot(
+    points: list[Point],
+    args: argparse.Namespace,
+    tag: str,
+    path: Path,
+    bounds: dict[tuple[str, str], list[tuple[int, float]]] | None = None,
+) -> str | None:
+    """`bounds`: (model, protocol) -> [(concurrency, req/s)], drawn black on the throughput panels."""
     try:
         import matplotlib
 
@@ -50,6 +58,10 @@ def plot(points: list[Point], args: argparse.Namespace, tag: str, path: Path) ->
                 style = {"linestyle": styles[group], "marker": "o", "color": colors[server], "label": server}
                 top.plot(conc, [p.rps for p in series], **style)
                 bottom.plot(conc, [p.p99_ms for p in series], **style)
+            bound = (bounds or {}).get((model, proto))
+            if bound and rows == 1:
+                xs, ys = zip(*sorted(bound))
+                top.plot(xs, ys, linestyle="-.", marker="x", color="black", label="ideal-device bound")
             top.set_title(f"{model} · {proto} · {rows} row{'s' if rows > 1 else ''}")
             for ax in (top, bottom):
                 ax.set_xscale("log", base=2)

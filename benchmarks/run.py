@@ -15,19 +15,14 @@ import argparse
 import json
 import sys
 import time
-import traceback
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
-from measure import Point, measure
-from perf_analyzer import PA_VENV, perf_analyzer
+from perf_analyzer import PA_VENV
 from plot import plot
-from probe import load_reference, probe
-from report import fmt, machine_tag, markdown, no_nan
-from servers import HERE, record_death, scan_log, server_configs, split_cpus, start_server
-
-from mlserver_torchflow.common import first_line
+from report import machine_tag, markdown, no_nan
+from servers import HERE, server_configs, split_cpus
+from suite import run_suite
 
 # ------------------------------------------------------------------------------------------------ main
 
@@ -48,7 +43,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--concurrency", help="default 1,8,32,64 (quick 1,8)")
     parser.add_argument("--protocols", default="rest,grpc")
     parser.add_argument("--rows", help="rows per request (default 1,8; quick 1)")
-    parser.add_argument("--models", help="default mlp,conv (quick mlp)")
+    parser.add_argument("--models", help="default mlp,conv (quick mlp); also sim-launch, sim-F-R (models.py)")
     parser.add_argument("--servers", default="floor,ours,peer", help="which groups to run")
     parser.add_argument(
         "--ours",
@@ -97,8 +92,6 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    import models as model_defs
-
     tag = args.tag or (machine_tag() + ("-quick" if args.quick else ""))
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     server_cpus, client_cpus = split_cpus(args)
@@ -113,115 +106,8 @@ def main() -> int:
         flush=True,
     )
 
-    points: list[Point] = []
-    ifaces: dict[str, dict[str, Any]] = {}
-    pa_results: list[dict[str, Any]] = []
-    logs: dict[str, dict[str, Any]] = {}
-    deaths: dict[str, list[dict[str, Any]]] = {}
-    for model in args.models:
-        spec = model_defs.SPECS[model]
-        model_path = model_defs.save(spec)
-        reference = load_reference(model_path)
-        for cfg in configs:
-            key = f"{model}/{cfg.key}"
-            print(f"[bench] starting {key}", flush=True)
-            try:
-                server = start_server(cfg, model, model_path, server_cpus, spec.row_shape)
-            except Exception as err:
-                ifaces[key] = {"error": f"did not start: {first_line(err, 200)}"}
-                print(f"[bench] {key} did not start: {err}", flush=True)
-                for proto in args.protocols:
-                    for rows in args.rows:
-                        for conc in args.concurrency:
-                            points.append(
-                                Point(
-                                    model,
-                                    cfg.key,
-                                    cfg.group,
-                                    proto,
-                                    rows,
-                                    conc,
-                                    failed=f"server did not start: {first_line(err, 200)}",
-                                )
-                            )
-                continue
-            mark = 0
-            try:
-                try:
-                    iface = probe(server, cfg, model, spec, reference, args.protocols, args.rows)
-                    ifaces[key] = asdict(iface)
-                except Exception as err:
-                    ifaces[key] = {"error": f"probe failed: {first_line(err, 200)}"}
-                    print(f"[bench] {key} probe failed: {err}", flush=True)
-                    iface = None
-                mark = len(server.log())
-                for proto in args.protocols:
-                    for rows in args.rows:
-                        for conc in args.concurrency:
-                            point = Point(model, cfg.key, cfg.group, proto, rows, conc)
-                            if (
-                                iface is not None
-                                and server.proc is not None
-                                and server.proc.poll() is not None
-                            ):
-                                # It died during the previous point: keep its log, start it again, go on.
-                                death = record_death(server, mark, f"{proto} rows={rows} conc={conc}")
-                                deaths.setdefault(key, []).append(death)
-                                print(
-                                    f"[bench] {key} had exited ({death['exit_code']}); restarting. Its last "
-                                    f"log lines:\n    " + "\n    ".join(death["log_tail"][-8:]),
-                                    flush=True,
-                                )
-                                try:
-                                    server = start_server(cfg, model, model_path, server_cpus, spec.row_shape)
-                                    mark = 0
-                                except Exception as err:
-                                    iface = None
-                                    ifaces[key] = {"error": f"did not restart: {first_line(err, 200)}"}
-                            if iface is None:
-                                point.failed = point.failed or ifaces[key]["error"]
-                            else:
-                                try:
-                                    measure(
-                                        point,
-                                        server,
-                                        iface,
-                                        spec,
-                                        None if cfg.group == "floor" else reference,
-                                        args,
-                                        client_cpus,
-                                    )
-                                except Exception as err:
-                                    point.failed = f"harness error: {first_line(err, 200)}"
-                                    traceback.print_exc()
-                            points.append(point)
-                            print(
-                                f"[bench]   {cfg.key:16s} {proto:4s} rows={rows:<3d} conc={conc:<3d} "
-                                f"{fmt(point.rps):>7s} req/s  p50 {fmt(point.p50_ms, 2):>7s} ms  "
-                                f"p99 {fmt(point.p99_ms, 2):>7s} ms  err {point.errors} wrong {point.wrong}  "
-                                f"client {fmt(point.client_cpu, 2)} server {fmt(point.server_cpu, 2)} cores"
-                                f"{'  FAILED: ' + point.failed[:200] if point.failed else ''}",
-                                flush=True,
-                            )
-                if (
-                    args.perf_analyzer
-                    and cfg.group in args.perf_analyzer_on
-                    and iface is not None
-                    and "rest" in args.protocols
-                ):
-                    print(f"[bench] perf_analyzer against {key}", flush=True)
-                    info = perf_analyzer(server, model, spec, iface, args, client_cpus)
-                    info.update(server=f"{model}-{cfg.key}", model=model, server_config=cfg.key)
-                    pa_results.append(info)
-                    print(f"[bench]   {info['status']}", flush=True)
-            finally:
-                if server.proc is not None and server.proc.poll() is not None:
-                    deaths.setdefault(key, []).append(
-                        record_death(server, mark, "the end (it died in the last point)")
-                    )
-                server.stop()
-                logs[key] = scan_log(server, mark)
-                logs[key]["deaths"] = deaths.get(key, [])
+    res = run_suite(args, args.models, lambda _model: configs, server_cpus, client_cpus)
+    points, ifaces, pa_results, logs = res.points, res.ifaces, res.perf_analyzer, res.logs
 
     stem = args.out / tag
     Path(f"{stem}.json").write_text(

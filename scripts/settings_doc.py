@@ -14,9 +14,15 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from pydantic_settings import BaseSettings
+from pydantic import BaseModel
 
-from mlserver_torchflow.config import ENV_PREFIX, SERVER_ENV_PREFIX, ServerSettings, TorchFlowSettings
+from mlserver_torchflow.config import (
+    ENV_PREFIX,
+    SERVER_ENV_PREFIX,
+    QueuePolicy,
+    ServerSettings,
+    TorchFlowSettings,
+)
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "settings.md"
 
@@ -32,6 +38,14 @@ In `model-settings.json` under `parameters.extra`, or as environment variables
 key named. `max_batch_size` and `max_batch_time` may also sit at the top level of
 `model-settings.json`, as for any MLServer runtime: the runtime takes them over (see
 [batching](batching.md)).
+"""
+
+POLICY = """
+### Queue policy
+
+The value of `default_queue_policy` and of each level in `priority_queue_policy` (Triton's
+`ModelQueuePolicy`), e.g. `{"max_queue_size": 16, "timeout_action": "delay"}`; from the environment, a
+JSON object. See [batching](batching.md#priorities-and-timeouts).
 """
 
 SERVER = f"""
@@ -57,18 +71,30 @@ def kind(annotation: Any) -> str:
     return text
 
 
-def table(settings: type[BaseSettings], prefix: str) -> str:
-    rows = ["| key | env var | values | default | meaning |", "|---|---|---|---|---|"]
+def table(settings: type[BaseModel], prefix: str | None) -> str:
+    """One row per field; `prefix` None: a nested model's fields (no environment variable of their own)."""
+    head = (
+        "| key | env var | values | default | meaning |"
+        if prefix is not None
+        else "| key | values | default | meaning |"
+    )
+    rows = [head, "|---|---|---|---|---|" if prefix is not None else "|---|---|---|---|"]
     for name, field in settings.model_fields.items():
-        value = field.default
+        value = field.get_default(call_default_factory=True)
+        if isinstance(value, BaseModel):
+            value = value.model_dump()
         default = "unset" if value is None else f"`{value if isinstance(value, str) else json.dumps(value)}`"
         meaning = " ".join((field.description or "").split()).replace("|", "\\|")
-        rows.append(f"| `{name}` | `{prefix}{name.upper()}` | {kind(field.annotation)} | {default} | {meaning} |")
+        env = f" `{prefix}{name.upper()}` |" if prefix is not None else ""
+        rows.append(f"| `{name}` |{env} {kind(field.annotation)} | {default} | {meaning} |")
     return "\n".join(rows) + "\n"
 
 
 def render() -> str:
-    return f"{INTRO}\n{table(TorchFlowSettings, ENV_PREFIX)}{SERVER}\n{table(ServerSettings, SERVER_ENV_PREFIX)}"
+    return (
+        f"{INTRO}\n{table(TorchFlowSettings, ENV_PREFIX)}{POLICY}\n{table(QueuePolicy, None)}"
+        f"{SERVER}\n{table(ServerSettings, SERVER_ENV_PREFIX)}"
+    )
 
 
 def main() -> int:

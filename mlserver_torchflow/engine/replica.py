@@ -20,13 +20,14 @@ from ..common import Named, logger
 from ..config import TorchFlowSettings
 from ..protocol.shapes import ShapeRules
 from ..protocol.signature import Interface
-from .batching import Batcher, BatchObserver
+from .batching import Batcher
 from .compiling import CountingBackend, compile_module
 from .device import DeviceStats, device_stats, target_dtype
 from .inference import Predictor
 from .layout import ModelFiles
 from .loading import Format, load_module
 from .merging import within
+from .phases import BatchObserver
 from .warmup import batch_sizes, run_example, run_sizes
 
 

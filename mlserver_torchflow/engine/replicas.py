@@ -16,11 +16,11 @@ import torch
 from ..common import Named, rows_of
 from ..config import TorchFlowSettings
 from ..protocol.signature import Interface
-from .batching import Phases
 from .device import describe, release, resolve_devices
 from .integrity import check_weights
 from .layout import ModelFiles
 from .loading import sniff_format
+from .phases import Phases
 from .replica import ObserverFactory, Replica, load_replica
 
 
@@ -50,7 +50,13 @@ class ReplicaSet:
         self.replicas = replicas
         self._next = 0
 
-    async def submit(self, arrays: list[np.ndarray], phases: Phases | None = None) -> Named:
+    async def submit(
+        self,
+        arrays: list[np.ndarray],
+        phases: Phases | None = None,
+        priority: int = 0,
+        timeout_us: int | None = None,
+    ) -> Named:
         # A copy whose pass hung (execution_timeout) is passed over while another is healthy.
         index = pick([r.outstanding if r.batcher.healthy else 2**62 for r in self.replicas], self._next)
         self._next = (index + 1) % len(self.replicas)
@@ -58,7 +64,7 @@ class ReplicaSet:
         rows = rows_of(arrays)
         replica.outstanding += rows
         try:
-            return await replica.batcher.submit(arrays, phases)
+            return await replica.batcher.submit(arrays, phases, priority, timeout_us)
         finally:
             replica.outstanding -= rows
             replica.sample()

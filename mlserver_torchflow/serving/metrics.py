@@ -15,8 +15,8 @@ from typing import Any
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
-from ..engine.batching import Phases
 from ..engine.device import DeviceStats
+from ..engine.phases import Phases
 from ..patches.internals import registered_collector
 
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
@@ -65,6 +65,7 @@ class BatchMetrics:
             "Memory in use on the model's device (CUDA allocator, or process RSS on CPU).",
         ).labels(**labels)
         self._recompiles: Any = None
+        self._levels: list[int] | None = None
 
     def batch(self, rows: int, seconds: float) -> None:
         self._rows.observe(rows)
@@ -79,6 +80,28 @@ class BatchMetrics:
 
     def queue_rows(self, rows: int) -> None:
         self._queue.set(rows)
+
+    def queue_levels(self, sizes: list[int]) -> None:
+        if sizes == self._levels:  # called on every queue change: skip the labels' lookups
+            return
+        self._levels = list(sizes)
+        gauge = _get(
+            Gauge,
+            "torchflow_queue_requests",
+            "Requests waiting in the batch queue, by priority level (1 is the highest).",
+            labelnames=["model", "device", "priority"],
+            multiprocess_mode="livesum",
+        )
+        for level, size in enumerate(sizes, start=1):
+            gauge.labels(**self._labels, priority=str(level)).set(size)
+
+    def rejected(self, level: int, reason: str) -> None:
+        _get(
+            Counter,
+            "torchflow_queue_rejected",
+            "Requests refused unrun by the queue policy, by priority level and reason (full, timeout).",
+            labelnames=["model", "device", "priority", "reason"],
+        ).labels(**self._labels, priority=str(level), reason=reason).inc()
 
     def memory(self, read: Callable[[], DeviceStats], every: float = 1.0) -> None:
         """Sample the device at most once per `every` seconds: reading it costs more than a request's

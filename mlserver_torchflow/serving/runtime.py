@@ -27,10 +27,10 @@ from mlserver.utils import to_absolute_path
 from .. import patches
 from ..common import first_line, logger, rows_of
 from ..config import load_settings, server_settings
-from ..engine.batching import Phases
 from ..engine.compiling import describe as describe_compile
 from ..engine.examples import load_example
 from ..engine.layout import MLMODEL, ModelFiles, locate
+from ..engine.phases import Phases
 from ..engine.replica import Replica
 from ..engine.replicas import load_replicas
 from ..engine.versions import check_versions
@@ -38,6 +38,7 @@ from ..errors import ModelExecutionError, ModelLoadError, TorchFlowError, Unload
 from ..patches import frontends, grpc_raw, shutdown, startup
 from ..protocol.codec import check_requested, decode_request, encode_outputs
 from ..protocol.metadata import build_metadata, observed_outputs, triton_config
+from ..protocol.scheduling import scheduling
 from ..protocol.shapes import ShapeRules
 from ..protocol.signature import Interface, interface_from_mlmodel
 from . import lifecycle, logs, triton
@@ -214,13 +215,14 @@ class TorchFlowRuntime(MLModel):
         known = [s.name for s in interface.outputs] if interface.outputs else None
         requested = check_requested(payload, known)
         arrays = decode_request(payload, interface, self._limits)
+        priority, timeout_us = scheduling(payload.parameters)
         decoded = time.monotonic()
         phases = Phases()
         batcher = self.__dict__.get("_batcher")
         if batcher is None:  # it resolved this copy just before an unload finished
             raise Unloading("the model was unloaded (or replaced) as this request arrived; retry it.")
         try:
-            named = await batcher.submit(arrays, phases)
+            named = await batcher.submit(arrays, phases, priority, timeout_us)
         except TorchFlowError:
             raise
         except Exception as err:

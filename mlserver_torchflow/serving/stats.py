@@ -12,7 +12,7 @@ import time
 from collections import defaultdict
 from typing import Any
 
-from ..engine.batching import Phases
+from ..engine.phases import Phases
 
 PHASES = ("queue", "compute_input", "compute_infer", "compute_output")
 _BATCH_PHASES = PHASES[1:]

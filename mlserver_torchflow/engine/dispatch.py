@@ -1,0 +1,150 @@
+"""When a batch goes to the device: a rule that weighs the rows about to arrive against the wait.
+
+The batcher learns, online, two things and asks this module one question.
+- `CostModel`: a pass over `n` rows costs `fixed + per_row * n` seconds, fit by exponentially
+  weighted least squares on the measured passes (one fit per batch shape).
+- `Arrivals`: the recent gap between arriving rows (an exponentially weighted mean per row).
+- `hold(...)`: with `n` rows in hand, dispatch now, or hold for how long?
+
+The rule. Running the `n` rows now serves them at `n / T(n)` rows per second of device time. Holding
+for the next row, expected after `gap`, serves `(n + 1) / (gap + T(n + 1))`. Holding pays while
+
+    (n + 1) / (gap + F + R (n + 1))  >  n / (F + R n)      <=>      n  <  F / gap
+
+that is, while the rows expected during one fixed cost outnumber the rows in hand. The per-row cost
+cancels: it is paid whether a row waits or not. So a lone client (its gap is at least one pass, so
+`F / gap < 1`) is served at once; a launch-bound device under load holds until the burst of arrivals
+has come in; a row-bound one (small `F`) hardly holds at all. A hold ends at the next arrival (the
+question is asked again), when no row came for two gaps (the burst is over: nobody is coming), when
+the batch is full, or at `max_batch_time` after the oldest request: the longest anyone waits for company.
+
+`CoreUse` tells whether the device computes on the server's own cores (CPU time of the executor
+thread close to its wall time) or off them (a GPU, or anything that releases the GIL and waits).
+Off-core, a second batch may be staged while one runs (`stage_next`), so the device never waits on
+the event loop; on-core, it would only take the cores the running pass and the event loop need.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+DECAY = 0.9  # weight a cost sample keeps per newer one: about the last 10 passes count
+GAP_WEIGHT = 0.2  # weight of the newest gap in the running mean: about the last 5 arrivals count
+BURST_GAPS = 2.0  # no row for this many mean gaps: the burst is over
+MIN_HOLD = 50e-6  # seconds: a shorter hold costs more in timer wake-ups than it could gain
+ON_CORE = 0.5  # executor-thread CPU time over wall time above which the pass computes on our cores
+
+
+@dataclass
+class CostModel:
+    """Seconds per pass as `fixed + per_row * rows`, from weighted sums of the measured passes."""
+
+    _w: float = 0.0
+    _n: float = 0.0
+    _nn: float = 0.0
+    _t: float = 0.0
+    _nt: float = 0.0
+
+    def observe(self, rows: int, seconds: float) -> None:
+        for name, value in (
+            ("_w", 1.0),
+            ("_n", rows),
+            ("_nn", rows * rows),
+            ("_t", seconds),
+            ("_nt", rows * seconds),
+        ):
+            setattr(self, name, getattr(self, name) * DECAY + value)
+
+    @property
+    def known(self) -> bool:
+        return self._w > 0
+
+    def fit(self) -> tuple[float, float]:
+        """(fixed, per_row), both >= 0. Passes of one size only cannot separate the two: all of it is
+        then taken as fixed, the cost a GPU's small batches mostly have; the fit corrects itself once
+        batch sizes vary."""
+        if not self._w:
+            return 0.0, 0.0
+        mean_n, mean_t = self._n / self._w, self._t / self._w
+        variance = self._nn / self._w - mean_n * mean_n
+        if variance < 0.25:  # sizes hardly vary (a spread under half a row)
+            return mean_t, 0.0
+        per_row = max((self._nt / self._w - mean_n * mean_t) / variance, 0.0)
+        fixed = mean_t - per_row * mean_n
+        if fixed < 0:  # the points say "no fixed part": a line through zero
+            return 0.0, mean_t / mean_n
+        return fixed, per_row
+
+    def predict(self, rows: int) -> float:
+        fixed, per_row = self.fit()
+        return fixed + per_row * rows
+
+
+@dataclass
+class Arrivals:
+    """The running mean gap between arriving rows; infinite until two requests have come."""
+
+    gap: float = math.inf
+    last: float | None = None
+
+    def arrived(self, now: float, rows: int) -> None:
+        if self.last is not None:
+            sample = max(now - self.last, 0.0) / max(rows, 1)
+            self.gap = sample if math.isinf(self.gap) else self.gap + GAP_WEIGHT * (sample - self.gap)
+        self.last = now
+
+
+def hold(
+    rows: int,
+    waited: float,
+    since_last: float,
+    gap: float,
+    fixed: float,
+    max_rows: int,
+    max_wait: float,
+) -> float:
+    """Seconds to hold `rows` for company (0: dispatch now). `waited` is the oldest request's time in the
+    queue, `since_last` the time since the last arrival; the caller asks again at the next arrival."""
+    if rows >= max_rows or waited >= max_wait or gap <= 0 or math.isinf(gap):
+        return 0.0
+    if rows >= fixed / gap:  # the rows expected during one fixed cost are fewer than those in hand
+        return 0.0
+    left = min(max_wait - waited, BURST_GAPS * gap - since_last)
+    # nobody came for two gaps (they are not coming), or too little left to set a timer for
+    return left if left > MIN_HOLD else 0.0
+
+
+@dataclass
+class CoreUse:
+    """Whether passes compute on the server's cores: a running mean of thread CPU / wall time, or a
+    declared answer (`True`: on our cores, `False`: off them) that measurements never change."""
+
+    declared: bool | None = None
+    _ratio: float | None = None
+
+    def observe(self, cpu: float, wall: float) -> None:
+        if wall <= 0:
+            return
+        ratio = min(cpu / wall, 1.0)
+        self._ratio = ratio if self._ratio is None else self._ratio + GAP_WEIGHT * (ratio - self._ratio)
+
+    @property
+    def on_core(self) -> bool:
+        if self.declared is not None:
+            return self.declared
+        return self._ratio is None or self._ratio > ON_CORE  # unmeasured: the cautious answer
+
+    def describe(self) -> str:
+        if self.declared is not None:
+            return "host (declared)" if self.declared else "device (declared)"
+        if self._ratio is None:
+            return "host (not measured yet)"
+        where = "host" if self.on_core else "device"
+        return f"{where} (measured: the pass's thread is busy {self._ratio:.0%} of its time)"
+
+
+def stage_next(now: float, running_ends: float, lead: float) -> bool:
+    """Off-core only: hand the next batch over while the running one ends within `lead` seconds, so
+    that it starts the moment the device frees, with everything that arrived until then in it."""
+    return now >= running_ends - lead

@@ -1,0 +1,192 @@
+"""The dispatch rule on recorded traces: the cost fit, the arrival gap, `hold`, and a closed-loop simulation.
+
+The simulation drives the real `CostModel`, `Arrivals` and `hold` with C closed-loop clients, a device
+that costs `F + R * rows` per pass and a front-end that spends `f` per request on one event loop, as a
+real server does. The bound is the ideal device's: all C rows in one pass, front-end not overlapped,
+`C / (F + R C + C f)`. Greedy (an idle device runs what is queued at once) is the rule this replaced.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+
+import numpy as np
+import pytest
+
+from mlserver_torchflow.engine.dispatch import Arrivals, CoreUse, CostModel, hold, stage_next
+
+MS = 1e-3
+
+
+def test_cost_fit_recovers_fixed_and_per_row_from_noisy_passes() -> None:
+    rng = np.random.default_rng(0)
+    cost = CostModel()
+    for _ in range(200):
+        rows = int(rng.integers(1, 65))
+        cost.observe(rows, 20 * MS + 0.3 * MS * rows + rng.normal(0, 0.2 * MS))
+    fixed, per_row = cost.fit()
+    assert fixed == pytest.approx(20 * MS, rel=0.05)
+    assert per_row == pytest.approx(0.3 * MS, rel=0.1)
+
+
+def test_passes_of_one_size_count_as_fixed_cost() -> None:
+    cost = CostModel()
+    for _ in range(5):
+        cost.observe(1, 3 * MS)
+    assert cost.fit() == pytest.approx((3 * MS, 0.0))
+    assert not CostModel().known and CostModel().fit() == (0.0, 0.0)
+
+
+def test_cost_fit_follows_a_device_that_slows_down() -> None:
+    cost = CostModel()
+    for rows in [1, 8, 16, 32] * 10:
+        cost.observe(rows, 2 * MS + 0.1 * MS * rows)
+    for rows in [1, 8, 16, 32] * 10:  # the device now takes four times as long
+        cost.observe(rows, 8 * MS + 0.4 * MS * rows)
+    fixed, per_row = cost.fit()
+    assert fixed == pytest.approx(8 * MS, rel=0.1)
+    assert per_row == pytest.approx(0.4 * MS, rel=0.1)
+
+
+def test_a_fit_with_no_fixed_part_goes_through_zero() -> None:
+    cost = CostModel()
+    for rows in (1, 2, 4, 8) * 5:
+        cost.observe(rows, 1 * MS * rows - 0.5 * MS)  # points that extrapolate below zero
+    fixed, per_row = cost.fit()
+    assert fixed == 0.0 and per_row > 0
+
+
+def test_arrival_gap_is_a_running_mean_per_row() -> None:
+    arrivals = Arrivals()
+    arrivals.arrived(0.0, 1)
+    assert math.isinf(arrivals.gap)  # one request says nothing about the rate
+    arrivals.arrived(0.010, 1)
+    assert arrivals.gap == pytest.approx(0.010)
+    arrivals.arrived(0.030, 4)  # 4 rows in 20 ms: 5 ms a row
+    assert arrivals.gap == pytest.approx(0.010 + 0.2 * (0.005 - 0.010))
+
+
+@pytest.mark.parametrize(
+    ("rows", "waited", "since_last", "gap", "fixed", "expected"),
+    [
+        (1, 0.0, 0.0, math.inf, 20 * MS, 0.0),  # no rate known: never wait for nobody
+        (1, 0.0, 0.0, 25 * MS, 20 * MS, 0.0),  # a lone client: its gap exceeds a pass
+        (1, 0.0, 0.0, 0.5 * MS, 20 * MS, 1.0 * MS),  # a burst on a launch-bound device: hold for 2 gaps
+        (39, 0.0, 0.0, 0.5 * MS, 20 * MS, 1.0 * MS),  # 39 < 20 / 0.5: still worth holding
+        (40, 0.0, 0.0, 0.5 * MS, 20 * MS, 0.0),  # the rows expected in one pass are fewer than those in hand
+        (4, 0.0, 0.0, 0.5 * MS, 2 * MS, 0.0),  # row-bound: hardly any hold
+        (1, 0.0, 1.2 * MS, 0.5 * MS, 20 * MS, 0.0),  # nobody came for two gaps: the burst is over
+        (1, 9.5 * MS, 0.0, 0.5 * MS, 20 * MS, 0.5 * MS),  # max_batch_time caps the hold
+        (1, 10 * MS, 0.0, 0.5 * MS, 20 * MS, 0.0),
+        (64, 0.0, 0.0, 0.01 * MS, 20 * MS, 0.0),  # full
+    ],
+)
+def test_hold(rows: int, waited: float, since_last: float, gap: float, fixed: float, expected: float) -> None:
+    got = hold(rows, waited, since_last, gap, fixed, max_rows=64, max_wait=10 * MS)
+    assert got == pytest.approx(expected)
+
+
+def test_core_use_measured_and_declared() -> None:
+    core = CoreUse()
+    assert core.on_core  # unmeasured: one batch at a time
+    for _ in range(20):
+        core.observe(cpu=0.0002, wall=0.020)  # a pass that waits on something else
+    assert not core.on_core and "device (measured" in core.describe()
+    for _ in range(20):
+        core.observe(cpu=0.019, wall=0.020)
+    assert core.on_core
+    declared = CoreUse(declared=False)
+    declared.observe(cpu=1.0, wall=1.0)
+    assert not declared.on_core and declared.describe() == "device (declared)"
+    assert stage_next(now=0.019, running_ends=0.020, lead=0.002)
+    assert not stage_next(now=0.010, running_ends=0.020, lead=0.002)
+
+
+def simulate(
+    clients: int, fixed: float, per_row: float, front: float, adaptive: bool, passes: int = 400
+) -> tuple[float, float]:
+    """(requests per second, mean latency) of `clients` closed-loop clients after a warm-up."""
+    cost, arrivals = CostModel(), Arrivals()
+    events: list[tuple[float, int, str]] = []  # (time, order, kind)
+    order = 0
+
+    def at(time: float, kind: str) -> None:
+        nonlocal order
+        order += 1
+        heapq.heappush(events, (time, order, kind))
+
+    loop_free = 0.0
+    for _ in range(clients):  # each request costs the event loop `front` before it reaches the batcher
+        loop_free += front
+        at(loop_free, "arrive")
+    queue: list[float] = []
+    busy_until: float | None = None
+    freed = 0.0  # when the last pass ended: in a closed loop its answers bring requests back
+    done, started, latency, count = 0, 0.0, 0.0, 0
+    while done < passes:
+        now, _, kind = heapq.heappop(events)
+        if kind == "arrive":
+            arrivals.arrived(now, 1)
+            queue.append(now)
+        elif kind == "end":
+            busy_until, freed = None, now
+        if busy_until is not None or not queue:
+            continue
+        wait = 0.0
+        if adaptive:
+            since = now - max(arrivals.last or 0.0, freed)
+            wait = hold(
+                len(queue), now - max(queue[0], freed), since, arrivals.gap, cost.fit()[0], 64, 10 * MS
+            )
+        if wait > 0:
+            at(now + wait, "timer")
+            continue
+        batch, queue = queue[:64], queue[64:]
+        seconds = fixed + per_row * len(batch)
+        cost.observe(len(batch), seconds)
+        busy_until = now + seconds
+        at(busy_until, "end")
+        done += 1
+        if done == passes // 4:
+            started, latency, count = busy_until, 0.0, 0
+        loop_free = max(loop_free, busy_until)
+        for arrived in batch:
+            if done > passes // 4:
+                latency += busy_until - arrived + front
+                count += 1
+            loop_free += front
+            at(loop_free, "arrive")
+    return count / (busy_until - started), latency / count  # type: ignore[operator]
+
+
+SHAPES = {  # fixed, per-row, front-end seconds: launch-bound to row-bound
+    "launch": (20 * MS, 0.1 * MS, 0.5 * MS),
+    "mid": (5 * MS, 0.3 * MS, 0.5 * MS),
+    "row": (2 * MS, 1.0 * MS, 0.5 * MS),
+    "tiny-launch": (1 * MS, 0.01 * MS, 0.3 * MS),
+}
+
+
+@pytest.mark.parametrize("clients", [8, 32])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_closed_loop_reaches_the_ideal_devices_bound(shape: str, clients: int) -> None:
+    fixed, per_row, front = SHAPES[shape]
+    bound = clients / (fixed + per_row * clients + clients * front)
+    adaptive, _ = simulate(clients, fixed, per_row, front, adaptive=True)
+    assert adaptive >= 0.85 * bound, (adaptive / bound, shape, clients)
+
+
+def test_greedy_loses_half_a_launch_bound_device_and_adaptive_does_not() -> None:
+    fixed, per_row, front = SHAPES["launch"]
+    bound = 8 / (fixed + per_row * 8 + 8 * front)
+    greedy, _ = simulate(8, fixed, per_row, front, adaptive=False)
+    adaptive, _ = simulate(8, fixed, per_row, front, adaptive=True)
+    assert greedy < 0.7 * bound < adaptive
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_a_lone_client_never_waits(shape: str) -> None:
+    fixed, per_row, front = SHAPES[shape]
+    _, latency = simulate(1, fixed, per_row, front, adaptive=True)
+    assert latency == pytest.approx(fixed + per_row + front, rel=1e-6)
