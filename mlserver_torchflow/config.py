@@ -319,6 +319,13 @@ class ServerSettings(BaseSettings):
     """`key=value`: the header (gRPC: metadata) a request to a restricted API must carry. Empty: the
     restricted APIs are off for everyone."""
 
+    torch_threads: int = Field(default=0, ge=0)
+    """Intra-op threads of torch's CPU kernels, for every model in the process; 0 = the usable cores
+    (affinity, capped by the cgroup CPU quota) less one, at least 1: the event loop keeps a core."""
+
+    torch_interop_threads: int = Field(default=0, ge=0)
+    """torch's inter-op pool (TorchScript forks, parallel ops); 0 = torch's default."""
+
     drain_timeout: float = Field(default=25.0, gt=0)
     """Seconds a SIGTERM leaves accepted requests to be answered before the process exits; keep it below
     the pod's termination grace period (Kubernetes' default: 30). Requests still queued one second before

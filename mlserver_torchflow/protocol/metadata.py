@@ -8,6 +8,7 @@ from typing import Any
 from mlserver.types import Datatype, MetadataModelResponse, MetadataTensor, Parameters
 
 from ..common import Named
+from ..config import BatchConfig, LevelPolicy
 from .signature import NUMPY_TO_V2, TensorSpec
 
 PLATFORM = "pytorch-mlflow"
@@ -55,6 +56,7 @@ def triton_config(
     max_batch_size: int,
     preferred: Sequence[int],
     max_delay_s: float,
+    queue: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Triton's model config (`GET /v2/models/<name>/config`), which perf_analyzer and tritonclient read.
 
@@ -87,5 +89,27 @@ def triton_config(
         config["dynamic_batching"] = {
             "preferred_batch_size": list(preferred),
             "max_queue_delay_microseconds": int(max_delay_s * 1_000_000),
+            **(queue or {}),
         }
     return config
+
+
+def triton_queue_policy(batch: BatchConfig, priority_levels: int) -> dict[str, Any]:
+    """`dynamic_batching`'s queue fields in Triton's JSON: the levels' policies as the batcher applies them."""
+
+    def policy(level: LevelPolicy) -> dict[str, Any]:
+        return {
+            "timeout_action": "DELAY" if level.delay else "REJECT",
+            "default_timeout_microseconds": int(level.default_timeout * 1_000_000),
+            "allow_timeout_override": level.allow_timeout_override,
+            "max_queue_size": level.max_queue_size,
+        }
+
+    if not priority_levels:
+        return {"default_queue_policy": policy(batch.levels[0])}
+    return {
+        "priority_levels": priority_levels,
+        "default_priority_level": batch.default_level,
+        "default_queue_policy": policy(batch.levels[batch.default_level - 1]),
+        "priority_queue_policy": {str(k): policy(p) for k, p in enumerate(batch.levels, start=1)},
+    }

@@ -37,11 +37,11 @@ from ..engine.versions import check_versions
 from ..errors import ModelExecutionError, ModelLoadError, TorchFlowError, Unloading
 from ..patches import frontends, grpc_raw, shutdown, startup
 from ..protocol.codec import check_requested, decode_request, encode_outputs
-from ..protocol.metadata import build_metadata, observed_outputs, triton_config
+from ..protocol.metadata import build_metadata, observed_outputs, triton_config, triton_queue_policy
 from ..protocol.scheduling import scheduling
 from ..protocol.shapes import ShapeRules
 from ..protocol.signature import Interface, interface_from_mlmodel
-from . import lifecycle, logs, triton
+from . import lifecycle, logs, threads, triton
 from .advice import advise
 from .metrics import BatchMetrics
 from .stats import ModelStats
@@ -59,6 +59,7 @@ class TorchFlowRuntime(MLModel):
         frontends.attach(triton.mount)
         try:
             logs.configure(server_settings().log_format)
+            threads.configure(server_settings().torch_threads, server_settings().torch_interop_threads)
         except ModelLoadError as err:  # raised before load(): say why here, as load() would
             logger.error("model %s failed to load: %s", settings.name, err)
             raise
@@ -175,6 +176,7 @@ class TorchFlowRuntime(MLModel):
             batch.max_batch_size,
             batch.preferred_batch_sizes,
             batch.max_batch_time,
+            triton_queue_policy(batch, settings.priority_levels),
         )
 
     async def model_stats(self) -> dict[str, Any]:
@@ -248,7 +250,9 @@ class TorchFlowRuntime(MLModel):
 
     async def metadata(self) -> MetadataModelResponse:
         interface = self._interface
-        return build_metadata(self.name, self.version, interface.inputs, interface.outputs, self._facts)
+        dispatch = "; ".join(r.batcher.describe() for r in self.copies)
+        facts = {**self._facts, "dispatch": dispatch} if dispatch else self._facts
+        return build_metadata(self.name, self.version, interface.inputs, interface.outputs, facts)
 
     def expire_queued(self, err: Exception) -> None:
         batcher = self.__dict__.get("_batcher")

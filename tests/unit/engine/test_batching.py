@@ -92,28 +92,40 @@ def test_an_idle_device_runs_a_lone_request_at_once() -> None:
     assert asyncio.run(main()) < 1.0, "a lone request waited for the batch window"
 
 
-@pytest.mark.parametrize(("device_type", "closes_early"), [("cpu", False), ("cuda", True)])
-def test_arrivals_during_a_busy_pass_form_one_batch_on_cpu(device_type: str, closes_early: bool) -> None:
-    """On CPU the next batch closes only when the device frees (it grows meanwhile); on CUDA one batch
-    is handed over early, at its deadline, so that it starts without a loop round trip."""
+@pytest.mark.parametrize(("compute_on", "in_flight"), [("host", 1), ("device", 2)])
+def test_arrivals_during_a_busy_pass_form_one_batch(compute_on: str, in_flight: int) -> None:
+    """Rows that arrive while a pass runs form one batch. On the server's cores it is handed over when
+    the pass ends; off them, about LEAD before the pass is expected to end (from the cost fit), so that
+    it is already waiting on the model's thread: two batches in flight, and still every row in it."""
     _, run = mlp_run()
     recorder = Recorder(run, delay=0.3)
+    seen: list[int] = []
 
     async def main() -> None:
-        cfg = BatchConfig(max_batch_size=64, max_batch_time=0.01)
+        cfg = BatchConfig(max_batch_size=64, max_batch_time=0.01, compute_on=compute_on)
         batch = Batcher(
-            recorder, ThreadPoolExecutor(max_workers=1), cfg, BatchMetrics("t-if", "cpu"), device_type
+            recorder, ThreadPoolExecutor(max_workers=1), cfg, BatchMetrics(f"t-if-{compute_on}", "cpu")
         )
-        first = asyncio.create_task(batch.submit([rows_of(1, 0)]))
-        await asyncio.sleep(0.05)  # the first pass is running
-        early = [asyncio.create_task(batch.submit([rows_of(1, s)])) for s in range(1, 3)]
-        await asyncio.sleep(0.1)  # past max_batch_time: the deadline of the queued rows has passed
-        late = [asyncio.create_task(batch.submit([rows_of(1, s)])) for s in range(3, 6)]
+
+        def watched(arrays: list[np.ndarray]) -> Named:
+            out = recorder(arrays)
+            seen.append(batch._in_flight)  # as the pass returns: what else was handed over
+            return out
+
+        batch._passes._run = watched
+        for seed in (10, 11, 12):  # the cost fit learns that a pass takes 0.3 s
+            await batch.submit([rows_of(1, seed)])
+        first = asyncio.create_task(batch.submit([rows_of(1, 1)]))
+        await asyncio.sleep(0.05)  # the pass is running
+        early = [asyncio.create_task(batch.submit([rows_of(1, s)])) for s in range(2, 4)]
+        await asyncio.sleep(0.1)  # past max_batch_time
+        late = [asyncio.create_task(batch.submit([rows_of(1, s)])) for s in range(4, 7)]
         await asyncio.gather(first, *early, *late)
         await batch.close()
 
     asyncio.run(main())
-    assert recorder.batches == ([1, 2, 3] if closes_early else [1, 5])
+    assert recorder.batches == [1, 1, 1, 1, 5]
+    assert max(seen) == in_flight, seen
 
 
 def test_a_request_over_max_batch_size_runs_alone_and_whole() -> None:
