@@ -148,15 +148,16 @@ class Batcher:
         """Seconds to keep the batch headed by `first` waiting; 0: hand it to the device now."""
         config = self.config
         rows = first.rows + sum(i.rows for i in self._queue if i.key == first.key and i is not first)
-        if rows >= config.max_batch_size:
-            return 0.0
         cost = self._passes.cost(first.key)
         freed = self._freed  # waiting behind a pass is not waiting for company
-        if self._in_flight:  # off-core, a pass running: hand over just before it ends (dispatch.stage_next)
+        if self._in_flight:  # off-core, a pass running: hand over just before it ends (dispatch.stage_next),
+            # full or not: a request of a higher priority level may still come
             lead = min(LEAD, 0.25 * cost.predict(rows))
             if not stage_next(now, self._running_ends, lead):
                 return self._running_ends - lead - now
             freed = self._running_ends - lead
+        if rows >= config.max_batch_size:
+            return 0.0
         # A pass's answers bring requests back in a closed loop: the gap counts from it too.
         last = max(self._arrivals.last or 0.0, freed)
         return hold(

@@ -1,4 +1,5 @@
-"""Keep gRPC `raw_input_contents` as bytes for our models, so numpy decodes them in one step.
+"""Keep gRPC `raw_input_contents` as bytes for our models, so numpy decodes them in one step; read
+the request parameters MLServer's older protobuf drops (Triton's `uint64_param`, `double_param`).
 
 MLServer 1.7.1 unpacks raw contents with `struct.unpack` into Python lists (slow, and a buffer of
 the wrong size becomes a 500). For models served by TorchFlowRuntime the converter instead leaves
@@ -10,7 +11,9 @@ from __future__ import annotations
 
 import struct
 from collections import Counter
+from typing import Any
 
+from google.protobuf.unknown_fields import UnknownFieldSet
 from mlserver import types
 from mlserver.grpc import dataplane_pb2 as pb
 from mlserver.grpc.converters import (
@@ -53,7 +56,11 @@ def _to_types(cls: type, pb_object: pb.ModelInferRequest) -> types.InferenceRequ
 
 
 def _convert(pb_object: pb.ModelInferRequest) -> types.InferenceRequest:
-    if pb_object.model_name not in _models or not pb_object.raw_input_contents:
+    if pb_object.model_name in _models and not pb_object.raw_input_contents:
+        request = _original(pb_object)
+        request.parameters = _parameters(pb_object.parameters)
+        return request
+    if pb_object.model_name not in _models:
         try:
             return _original(pb_object)
         except (struct.error, ValueError, TypeError, KeyError, IndexError, OverflowError) as err:
@@ -65,7 +72,7 @@ def _convert(pb_object: pb.ModelInferRequest) -> types.InferenceRequest:
             ) from err
     request = types.InferenceRequest.model_construct(
         id=pb_object.id,
-        parameters=ParametersConverter.to_types(pb_object.parameters),
+        parameters=_parameters(pb_object.parameters),
         inputs=[InferInputTensorConverter.to_types(inp) for inp in pb_object.inputs],
     )
     if pb_object.outputs:
@@ -80,6 +87,24 @@ def _convert(pb_object: pb.ModelInferRequest) -> types.InferenceRequest:
     for inp, buffer in zip(empty, raw, strict=False):
         inp.data = types.TensorData.model_construct(root=buffer)
     return request
+
+
+def _parameters(pb_map: Any) -> types.Parameters | None:
+    """MLServer's conversion, plus the values its older `InferParameter` cannot read: Triton's
+    `uint64_param` (field 5: tritonclient sends `priority` so) and `double_param` (field 4) arrive as
+    unknown fields, which MLServer drops, silently ignoring a request's priority."""
+    parameters = ParametersConverter.to_types(pb_map)
+    if parameters is None:
+        return None
+    for key, value in pb_map.items():
+        if getattr(parameters, key, None) is not None:
+            continue
+        for field in UnknownFieldSet(value):
+            if field.field_number == 5 and field.wire_type == 0:  # uint64_param: a varint
+                setattr(parameters, key, int(field.data))
+            elif field.field_number == 4 and field.wire_type == 1:  # double_param: 8 bytes, as an int
+                setattr(parameters, key, struct.unpack("<d", struct.pack("<Q", field.data))[0])
+    return parameters
 
 
 PATCH = Patch(

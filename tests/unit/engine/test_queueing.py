@@ -74,13 +74,19 @@ def test_scheduling_parameters_are_checked() -> None:
             scheduling(Parameters(**bad))
 
 
-def test_higher_priority_requests_go_first() -> None:
+@pytest.mark.parametrize("compute_on", ["host", "device"])
+def test_higher_priority_requests_go_first(compute_on: str) -> None:
     _, run = mlp_run()
     recorder = Recorder(run, delay=0.2)
     order: list[str] = []
 
     async def main() -> None:
-        batch = policy_batcher("t-prio", recorder, priority_levels=2, max_batch_size=2)
+        batch = policy_batcher(
+            f"t-prio-{compute_on}", recorder, priority_levels=2, max_batch_size=2, compute_on=compute_on
+        )
+        for seed in (50, 51):  # the cost fit learns what a pass takes
+            await batch.submit([rows_of(1, seed)])
+        order.clear()
 
         async def one(tag: str, priority: int, seed: int) -> None:
             await batch.submit([rows_of(1, seed)], priority=priority)
@@ -97,7 +103,7 @@ def test_higher_priority_requests_go_first() -> None:
     asyncio.run(main())
     assert order[0] == "busy"
     assert set(order[1:3]) == {"high0", "high1"}, order  # queued later, served first
-    assert recorder.batches == [1, 2, 2]
+    assert recorder.batches == [1, 1, 1, 2, 2]
 
 
 def test_a_full_level_refuses_with_a_503_and_counts_it() -> None:

@@ -133,3 +133,22 @@ def test_grpc_raw_contents_for_a_model_that_is_not_ours_are_a_400() -> None:
     request.inputs.add(name="x", datatype="FP32", shape=[0, 4])
     with pytest.raises(InvalidInput, match="raw_input_contents do not match"):
         ModelInferRequestConverter.to_types(request)
+
+
+def test_triton_parameter_kinds_that_mlservers_protobuf_lacks_are_read() -> None:
+    """tritonclient sends `priority` as `uint64_param` (field 5), which MLServer 1.7.1's InferParameter
+    lacks: without this the priority vanished silently."""
+    import struct
+
+    from mlserver.grpc import dataplane_pb2 as pb
+
+    from mlserver_torchflow.patches import grpc_raw
+
+    request = pb.ModelInferRequest(model_name="m")
+    request.parameters["priority"].MergeFromString(bytes([5 << 3 | 0, 2]))  # uint64_param = 2
+    request.parameters["ratio"].MergeFromString(bytes([4 << 3 | 1]) + struct.pack("<d", 0.5))
+    request.parameters["timeout"].int64_param = 1000
+    parameters = grpc_raw._parameters(request.parameters)
+    assert parameters is not None
+    assert (parameters.priority, parameters.ratio, parameters.timeout) == (2, 0.5, 1000)
+    assert grpc_raw._parameters(pb.ModelInferRequest().parameters) is None
