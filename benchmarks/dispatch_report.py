@@ -10,7 +10,18 @@ from measure import Point
 from report import best_of, fmt, ratio
 
 P50_SLACK = 1.15  # the 1-client target: ours' p50 within 15% of F + R + the floor's p50
+BUSY = 0.25  # cores used by the rest of the machine in a window above which the point is called noisy
 NAN = float("nan")
+
+
+def problems(group: list[Point]) -> str:
+    """Failed, erroring or wrong points, and points that a busy neighbour may have skewed."""
+    bad = sum(p.errors + p.wrong + bool(p.failed) for p in group)
+    busy = [p.other_cpu for p in group if p.other_cpu > BUSY]
+    text = [f"{bad} bad"] if bad else []
+    if busy:
+        text.append(f"{len(busy)} of {len(group)} busy (other cpu ≤ {max(busy):.2f})")
+    return "; ".join(text)
 
 
 def _at(points: list[Point], **key: Any) -> list[Point]:
@@ -57,7 +68,7 @@ def sim_rows(points: list[Point], sims: dict[str, Any], protocols: list[str], co
                         "floor_us_per_req": cost * 1e6,
                         "bound_rps": ideal,
                         "target_p50_ms": target,
-                        "problems": sum(p.errors + p.wrong + bool(p.failed) for p in group),
+                        "problems": problems(group),
                     }
                 )
     return rows
@@ -80,7 +91,7 @@ def real_rows(points: list[Point], models: list[str], protocols: list[str], conc
                         **{f"{n}_rps": x.rps if x else NAN for n, x in seen},
                         **{f"{n}_p50_ms": x.p50_ms if x else NAN for n, x in seen},
                         "peer_cfg": peer.server.removeprefix("peer-") if peer else "",
-                        "problems": sum(p.errors + p.wrong + bool(p.failed) for p in group),
+                        "problems": problems(group),
                     }
                 )
     return rows
@@ -103,7 +114,8 @@ def sections(sim: list[dict], real: list[dict]) -> list[str]:
             "the floor's req/s at the top concurrency (same protocol). `ours/bound`, `peer/bound`, "
             "`ours/peer`: throughput ratios (`peer` = the peer's better configuration at that point, named "
             "in `cfg`). `p50 target` (1 client only) = F + R + the floor's 1-client p50; `p50/target` "
-            f"is met at ≤ {P50_SLACK:.2f}.",
+            f"is met at ≤ {P50_SLACK:.2f}. `problems`: failed/erroring/wrong points, and `busy` ones, where "
+            f"the rest of the machine used more than {BUSY} cores during the window (noise).",
             "",
             "| model | F ms | R ms | proto | C | ours req/s | peer req/s | cfg | floor µs/req | bound req/s "
             "| ours/bound | peer/bound | ours/peer | ours p50 ms | p50 target ms | p50/target | problems |",
@@ -126,7 +138,7 @@ def sections(sim: list[dict], real: list[dict]) -> list[str]:
             "## Real models",
             "",
             "1-row requests. `ours/peer`, `ours/floor`: throughput ratios (> 1: ours serves more); "
-            "`p50 ours/peer`, `p50 ours/floor`: latency ratios (< 1: ours answers sooner).",
+            "`p50 ours/peer`, `p50 ours/floor`: latency ratios (< 1: ours answers sooner); `problems` as above.",
             "",
             "| model | proto | C | ours req/s | peer req/s | cfg | floor req/s | ours/peer | ours/floor "
             "| ours p50 ms | peer p50 ms | floor p50 ms | p50 ours/peer | p50 ours/floor | problems |",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +17,17 @@ from probe import TOLERANCE, Interface
 from servers import PinnedServer
 
 POOL = 4  # distinct inputs per worker
+
+
+def machine_cpu_seconds() -> float:
+    """CPU seconds the whole machine has been busy (all cores, /proc/stat), to tell what others used."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return float("nan")
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def pool_seed(worker: int, k: int) -> int:
@@ -46,6 +58,7 @@ class Point:
     mean_ms: float = float("nan")
     client_cpu: float = float("nan")  # cores the client process(es) used, summed
     server_cpu: float = float("nan")  # cores the server used
+    other_cpu: float = float("nan")  # cores the rest of the machine used (a busy neighbour: noise)
     client_us_per_req: float = float("nan")  # client CPU per reply: 1e6 / this = one client core's ceiling
     req_per_server_cpu_s: float = float("nan")  # good replies per second of server CPU: efficiency
     samples: list[str] = field(default_factory=list)
@@ -103,9 +116,11 @@ def measure(
     time.sleep(max(t_start - time.perf_counter(), 0))
     if on_window:
         on_window("start")
-    cpu0, wall0 = server.cpu_seconds(), time.perf_counter()
+    cpu0, all0, wall0 = server.cpu_seconds(), machine_cpu_seconds(), time.perf_counter()
     time.sleep(max(window[1] - time.perf_counter(), 0))
-    point.server_cpu = (server.cpu_seconds() - cpu0) / (time.perf_counter() - wall0)
+    wall = time.perf_counter() - wall0
+    point.server_cpu = (server.cpu_seconds() - cpu0) / wall
+    machine_cpu = (machine_cpu_seconds() - all0) / wall
     if on_window:
         on_window("end")
     point.duration = args.duration
@@ -133,6 +148,7 @@ def measure(
     point.wrong = int(sum(r["wrong"] for r in good))
     point.samples = [s for r in good for s in r["samples"]][:5]
     point.client_cpu = float(sum(r["client_cpu"] for r in good)) if good else float("nan")
+    point.other_cpu = machine_cpu - point.server_cpu - point.client_cpu
     point.rps = point.ok / args.duration
     replies = point.ok + point.errors + point.wrong
     if point.server_cpu > 0:

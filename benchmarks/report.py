@@ -139,14 +139,16 @@ def markdown(
         "A client near 1.00 per client process means the client, not the server, may be the limit at that "
         "point; the server near its core count means the server is saturated. `client µs/req`: client CPU "
         "per reply (1,000,000 / it = the most req/s one client core could drive). `req/server cpu-s`: good "
-        "replies per second of server CPU, an efficiency figure that a busy machine distorts less than req/s.",
+        "replies per second of server CPU, an efficiency figure that a busy machine distorts less than req/s. "
+        "`other cpu`: cores the rest of the machine used meanwhile (the parent harness's own sleep is near "
+        "0; more than a few tenths means a busy neighbour, and a noisy point).",
         "",
     ]
     out.append(
         "| model | server | proto | rows | conc | req/s | rows/s | p50 ms | p90 ms | p99 ms | ok | errors "
-        "| wrong | client cpu | client µs/req | server cpu | req/server cpu-s | note |"
+        "| wrong | client cpu | client µs/req | server cpu | other cpu | req/server cpu-s | note |"
     )
-    out.append("|" + "---|" * 18)
+    out.append("|" + "---|" * 19)
     for p in points:
         note = p.failed or "; ".join(p.samples)
         note = note.replace("|", "\\|").replace("\n", " ")[:200]
@@ -154,7 +156,7 @@ def markdown(
             f"| {p.model} | {p.server} | {p.protocol} | {p.rows} | {p.concurrency} | {fmt(p.rps)} "
             f"| {fmt(p.rows_per_s)} | {fmt(p.p50_ms, 2)} | {fmt(p.p90_ms, 2)} | {fmt(p.p99_ms, 2)} | {p.ok} "
             f"| {p.errors} | {p.wrong} | {fmt(p.client_cpu, 2)} | {fmt(p.client_us_per_req)} "
-            f"| {fmt(p.server_cpu, 2)} | {fmt(p.req_per_server_cpu_s)} | {note} |"
+            f"| {fmt(p.server_cpu, 2)} | {fmt(p.other_cpu, 2)} | {fmt(p.req_per_server_cpu_s)} | {note} |"
         )
 
     out += [

@@ -151,6 +151,12 @@ class TorchFlowSettings(BaseSettings):
     GPU: the next batch is handed over just before the running one ends). `auto`: `device` on CUDA;
     elsewhere measured from the pass thread's CPU time (docs/batching.md)."""
 
+    inline_pass_seconds: float = Field(default=0.001, ge=0)
+    """A pass the cost fit expects to take at most this long, on a model computing on the server's own
+    cores (`compute_on`), runs on the event loop itself rather than on the model's thread, whose hand-off
+    and wake-ups cost more than a small CPU model's whole pass (docs/batching.md). 0 = always the
+    model's thread. Never with `execution_timeout`."""
+
     execution_timeout: float = Field(default=0.0, ge=0)
     """Seconds one forward pass may run before its requests get a retryable 503 and this copy is marked
     unhealthy (readiness false) until the pass returns; 0 = no limit. A hung device cannot be interrupted:
@@ -212,6 +218,7 @@ class TorchFlowSettings(BaseSettings):
             levels=self.queue_levels(),
             default_level=self.default_priority_level or max(self.priority_levels, 1),
             compute_on=self.compute_on,
+            inline_pass_seconds=self.inline_pass_seconds,
         )
 
     @field_validator("device")
@@ -396,6 +403,7 @@ class BatchConfig:
     levels: tuple[LevelPolicy, ...] = (LevelPolicy(),)
     default_level: int = 1
     compute_on: str = "auto"
+    inline_pass_seconds: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from ..config import BatchConfig
 from ..errors import ExecutionTimeout, RequestTooLarge
 from .device import is_out_of_memory
 from .dispatch import CoreUse, CostModel
-from .merging import BatchKey, concatenate, has_batch_dimension, join, padded_rows, split
+from .merging import BatchKey, batch_key, concatenate, has_batch_dimension, join, padded_rows, split
 from .phases import BatchObserver, Phases
 from .queueing import Queued
 
@@ -49,6 +49,7 @@ class Passes:
         self._costs: dict[BatchKey, CostModel] = {}
         self.splittable = True  # false once a model returns outputs without a batch dimension
         self.healthy = True  # false while a pass that ran past execution_timeout has not returned
+        self._on_threads = 0  # passes handed to the model's thread and not yet back
 
     def cost(self, key: BatchKey) -> CostModel:
         cost = self._costs.get(key)
@@ -138,16 +139,11 @@ class Passes:
         self, arrays: list[np.ndarray], rows: int, phases: Phases, key: BatchKey | None = None
     ) -> Named:
         started = time.monotonic()
-        loop = asyncio.get_running_loop()
-        running = loop.run_in_executor(self._executor, _measured, self._run, arrays)
         limit = self.config.execution_timeout
-        if not limit:
-            outputs, cpu, wall = await running
+        if self._inline(key, rows):
+            outputs, cpu, wall = _measured(self._run, arrays)
         else:
-            try:
-                outputs, cpu, wall = await asyncio.wait_for(asyncio.shield(running), limit)
-            except TimeoutError:
-                raise self._hung(running, rows, limit) from None
+            outputs, cpu, wall = await self._on_thread(arrays, rows, limit)
         seconds = time.monotonic() - started
         self.core.observe(cpu, wall)
         if key is not None:  # the pass's own time, on its thread: what the device costs
@@ -157,8 +153,35 @@ class Passes:
         phases.rows = max(phases.rows, rows)
         return outputs
 
+    def _inline(self, key: BatchKey | None, rows: int) -> bool:
+        """Run this pass on the event loop itself? Only a short one (`inline_pass_seconds`, from the cost
+        fit) computing on our own cores, with the model's thread idle and no execution_timeout (a pass
+        that hung there would stop the server). Handing a pass to a thread and back costs two wake-ups,
+        more than a small CPU model's whole pass."""
+        threshold = self.config.inline_pass_seconds
+        if not threshold or self.config.execution_timeout or self._on_threads or key is None:
+            return False
+        cost = self._costs.get(key)
+        return cost is not None and cost.known and self.core.on_core and cost.predict(rows) <= threshold
+
+    async def _on_thread(
+        self, arrays: list[np.ndarray], rows: int, limit: float
+    ) -> tuple[Named, float, float]:
+        loop = asyncio.get_running_loop()
+        self._on_threads += 1
+        try:
+            running = loop.run_in_executor(self._executor, _measured, self._run, arrays)
+            if not limit:
+                return await running
+            try:
+                return await asyncio.wait_for(asyncio.shield(running), limit)
+            except TimeoutError:
+                raise self._hung(running, rows, limit) from None
+        finally:
+            self._on_threads -= 1
+
     async def run_alone(self, arrays: list[np.ndarray], phases: Phases) -> Named:
-        outputs = await self._timed(arrays, rows_of(arrays), phases)
+        outputs = await self._timed(arrays, rows_of(arrays), phases, batch_key(arrays))
         self._metrics.executed(phases)
         return outputs
 

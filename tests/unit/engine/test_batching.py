@@ -438,3 +438,39 @@ def test_expire_queued_answers_the_waiting_requests_and_spares_the_running_batch
 
     asyncio.run(main())
     assert recorder.batches == [1]
+
+
+@pytest.mark.parametrize(
+    ("delay", "config", "inline"),
+    [
+        (0.0, {}, True),  # a small CPU pass: on the event loop, once the cost fit knows it is short
+        (0.0, {"execution_timeout": 5.0}, False),  # a hung pass there would stop the server
+        (0.0, {"inline_pass_seconds": 0.0}, False),
+        (0.005, {}, False),  # 5 ms: past inline_pass_seconds
+    ],
+)
+def test_short_passes_on_our_own_cores_skip_the_thread_hand_off(
+    delay: float, config: dict[str, Any], inline: bool
+) -> None:
+    model, run = mlp_run()
+    threads: list[int] = []
+
+    def spin(arrays: list[np.ndarray]) -> Named:
+        threads.append(threading.get_ident())
+        end = time.perf_counter() + delay
+        while time.perf_counter() < end:  # busy on this core, as a CPU model is
+            pass
+        return run(arrays)
+
+    async def main() -> None:
+        batch = batcher(spin, **{"inline_pass_seconds": 0.001, "compute_on": "auto", **config})
+        for seed in range(8):
+            x = rows_of(1, seed)
+            named = await batch.submit([x])
+            np.testing.assert_allclose(named[0][1], b.reference(model, x), rtol=1e-5, atol=1e-6)
+        await batch.close()
+
+    loop_thread = threading.get_ident()
+    asyncio.run(main())
+    assert threads[0] != loop_thread  # the first pass: nothing known yet
+    assert (threads[-1] == loop_thread) is inline
