@@ -17,7 +17,7 @@ from concurrent.futures import Executor
 
 import numpy as np
 
-from ..common import Named
+from ..common import Named, rows_of
 from ..config import BatchConfig
 from ..errors import QueueFull, RequestTooLarge, Unloading
 from .dispatch import Arrivals, CoreUse, hold, stage_next
@@ -44,9 +44,9 @@ class Batcher:
         if declared is None and device_type == "cuda":
             declared = False  # kernels run on the GPU; the host thread's CPU time is spent spinning in syncs
         self.core = CoreUse(declared)
+        self._arrivals = Arrivals()
         self._passes = Passes(run, executor, config, metrics, self.core, self._wake_up)
         self._queue = LevelQueue(config)
-        self._arrivals = Arrivals()
         self._in_flight = 0
         self._running_ends = 0.0  # when the passes in flight are expected to be done (monotonic)
         self._freed = 0.0  # when the last pass ended
@@ -67,9 +67,11 @@ class Batcher:
         if not self.healthy:
             raise self._passes.still_hung()
         key = batch_key(arrays)
+        rows = rows_of(arrays)
+        now = time.monotonic()
+        self._arrivals.arrived(now, rows)
         if key is None or not self._passes.splittable or self.config.max_batch_size <= 1:
             return await self._passes.run_alone(arrays, phases)
-        rows = int(arrays[0].shape[0])
         limit = self.config.max_queue_rows
         level = level_of(self.config, priority)
         if limit and self._queue.rows + rows > limit:
@@ -82,8 +84,6 @@ class Batcher:
                 f"the model's queue is full ({self._queue.rows} of {limit} rows waiting); retry "
                 "after a short back-off, or scale out."
             )
-        now = time.monotonic()
-        self._arrivals.arrived(now, rows)
         timeout, timeout_from = timeout_of(self.config, level, timeout_us)
         future = asyncio.get_running_loop().create_future()
         item = Queued(arrays, rows, key, future, phases, level, timeout, timeout_from, now)
@@ -91,18 +91,32 @@ class Batcher:
             # Idle device, empty queue, nobody worth waiting for: run now, on this task.
             self._in_flight += 1
             self._running_ends = now + self._passes.cost(key).predict(rows)
+            joined = False
             try:
-                await self._passes.execute([item])
+                if not self._passes.may_inline(key, rows):
+                    await self._passes.execute([item])
+                else:
+                    # Two loop turns let requests already read reach this queue; with company, the
+                    # dispatcher forms the batch (this one first), else the pass runs on the loop.
+                    await asyncio.sleep(0)
+                    await asyncio.sleep(0)
+                    joined = bool(self._queue)
+                    if joined:
+                        self._queue.push_front(item)
+                    else:
+                        await self._passes.execute([item], inline=True)
             finally:
                 self._in_flight -= 1
                 self._freed = time.monotonic()
                 self._wake.set()
-            return item.future.result()
-        try:
-            self._queue.push(item)
-        except QueueFull:
-            self._metrics.rejected(level + 1, "full")
-            raise
+            if not joined:
+                return item.future.result()
+        else:
+            try:
+                self._queue.push(item)
+            except QueueFull:
+                self._metrics.rejected(level + 1, "full")
+                raise
         self._report_queue()
         self._wake.set()
         return await item.future  # cancelling this leaves the batch alone: see _deliver

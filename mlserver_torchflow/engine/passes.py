@@ -62,14 +62,16 @@ class Passes:
     def fits(self) -> list[tuple[float, float]]:
         return [c.fit() for c in self._costs.values() if c.known]
 
-    async def execute(self, items: list[Queued]) -> None:
+    async def execute(self, items: list[Queued], inline: bool = False) -> None:
+        """Run `items` as one batch and answer each; `inline`: the caller found nobody else waiting, so
+        a short pass may run on the event loop (`_inline`)."""
         started = time.monotonic()
         for item in items:
             self._metrics.queue_wait(started - item.enqueued)
             item.phases.queue = started - item.enqueued
         try:
             batch = Phases()
-            outputs = await self._forward(items, batch)
+            outputs = await self._forward(items, batch, inline)
             if outputs is None:  # not splittable by rows: answer each request from its own pass
                 await asyncio.gather(*(self.execute([i]) for i in items))
                 return
@@ -92,7 +94,7 @@ class Passes:
             for item in items:  # whatever happened above, no client is left waiting
                 deliver(item, RuntimeError("the batch ended without an answer for this request"))
 
-    async def _forward(self, items: list[Queued], phases: Phases) -> Named | None:
+    async def _forward(self, items: list[Queued], phases: Phases, inline: bool = False) -> Named | None:
         """One pass over the concatenated rows; on out-of-memory, halves and retries."""
         rows = sum(i.rows for i in items)
         padded = padded_rows(rows, self.config.preferred_batch_sizes) if self.splittable else rows
@@ -100,7 +102,7 @@ class Passes:
         arrays = concatenate([i.arrays for i in items], padded)
         phases.compute_input += time.monotonic() - merge_at
         try:
-            outputs = await self._timed(arrays, padded, phases, items[0].key)
+            outputs = await self._timed(arrays, padded, phases, items[0].key, inline)
         except Exception as err:
             if not is_out_of_memory(err):
                 raise
@@ -136,11 +138,16 @@ class Passes:
         return join(first, second)
 
     async def _timed(
-        self, arrays: list[np.ndarray], rows: int, phases: Phases, key: BatchKey | None = None
+        self,
+        arrays: list[np.ndarray],
+        rows: int,
+        phases: Phases,
+        key: BatchKey | None = None,
+        inline: bool = True,
     ) -> Named:
         started = time.monotonic()
         limit = self.config.execution_timeout
-        if self._inline(key, rows):
+        if inline and self.may_inline(key, rows):
             outputs, cpu, wall = _measured(self._run, arrays)
         else:
             outputs, cpu, wall = await self._on_thread(arrays, rows, limit)
@@ -153,11 +160,12 @@ class Passes:
         phases.rows = max(phases.rows, rows)
         return outputs
 
-    def _inline(self, key: BatchKey | None, rows: int) -> bool:
-        """Run this pass on the event loop itself? Only a short one (`inline_pass_seconds`, from the cost
-        fit) computing on our own cores, with the model's thread idle and no execution_timeout (a pass
-        that hung there would stop the server). Handing a pass to a thread and back costs two wake-ups,
-        more than a small CPU model's whole pass."""
+    def may_inline(self, key: BatchKey | None, rows: int) -> bool:
+        """May this pass run on the event loop itself? Only a short one (`inline_pass_seconds`, from the
+        cost fit) computing on our own cores, with the model's thread idle and no execution_timeout (a
+        pass that hung there would stop the server). Handing a pass to a thread and back costs two
+        wake-ups, more than a small CPU model's whole pass. The batcher also checks that nobody else is
+        waiting: the loop takes no requests in meanwhile, so under load they would never form a batch."""
         threshold = self.config.inline_pass_seconds
         if not threshold or self.config.execution_timeout or self._on_threads or key is None:
             return False

@@ -90,6 +90,11 @@ class LevelQueue:
         self._ready[item.level].append(item)
         self.rows += item.rows
 
+    def push_front(self, item: Queued) -> None:
+        """Put back, first in its level, a request that was about to run alone (it came first)."""
+        self._ready[item.level].appendleft(item)
+        self.rows += item.rows
+
     def first(self) -> Queued:
         return next(iter(self))
 
