@@ -11,17 +11,21 @@ both (the pinned files get `-pinned` in their name). See benchmarks/README.md ("
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
+import subprocess
 import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import models
 from dispatch_report import real_rows, sections, sim_rows
 from plot import plot
 from report import machine_tag, markdown, no_nan
-from servers import HERE, server_configs, split_cpus
+from servers import HERE, REPO, server_configs, split_cpus
 from suite import run_suite
 
 
@@ -50,6 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="off",
         choices=("off", "on", "both"),
         help="pin server and client to their cores (as run.py does); both: unpinned, then pinned",
+    )
+    parser.add_argument(
+        "--retry-busy", type=int, default=2, help="measure a point again (when quiet) if the machine was busy"
     )
     parser.add_argument("--client-mode", choices=("asyncio", "threads"), default="asyncio")
     parser.add_argument("--client-procs", type=int, default=1, help="client processes, one core each")
@@ -86,6 +93,7 @@ def run_pass(args: argparse.Namespace, pinned: bool, tag: str) -> str:
     """Every model and server once, with or without pinning; writes <tag>.md/.json/.png, returns the
     summary tables."""
     started, t0 = time.strftime("%Y-%m-%d %H:%M:%S %Z"), time.monotonic()
+    source = ours_source()
     args.no_pin = not pinned
     server_cpus, client_cpus = split_cpus(args)
     args.server_cpus_used, args.client_cpus_used = server_cpus or "all", client_cpus or "all"
@@ -107,6 +115,7 @@ def run_pass(args: argparse.Namespace, pinned: bool, tag: str) -> str:
     sim = sim_rows(res.points, sim_specs, args.protocols, args.concurrency)
     real = real_rows(res.points, args.real, args.protocols, args.concurrency)
     elapsed = time.monotonic() - t0
+    source_end = ours_source()
     tables = "\n".join(sections(sim, real)) + "\n"
 
     full = markdown(res.points, res.ifaces, [], args, tag, started, configs, res.logs)
@@ -118,6 +127,7 @@ def run_pass(args: argparse.Namespace, pinned: bool, tag: str) -> str:
         if args.sims
         else f"\nPinned: {'yes' if pinned else 'no'}. Took {elapsed / 60:.1f} min.\n"
     )
+    head += describe_source(source, source_end)
     report = f"{head}\n{tables}\n## Every point: ours against the peer's best and the floor\n{rest}"
     stem = args.out / tag
     args.out.mkdir(parents=True, exist_ok=True)
@@ -127,6 +137,7 @@ def run_pass(args: argparse.Namespace, pinned: bool, tag: str) -> str:
         "started": started,
         "elapsed_s": elapsed,
         "pinned": pinned,
+        "ours_source": {"start": source, "end": source_end},
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "sim": sim,
         "real": real,
@@ -143,6 +154,50 @@ def run_pass(args: argparse.Namespace, pinned: bool, tag: str) -> str:
     problem = plot(shown, args, tag, Path(f"{stem}.png"), bounds)
     wrote = f"[dispatch] wrote {stem}.md, {stem}.json" + (f"; {problem}" if problem else f", {stem}.png")
     return f"# {tag} (pinned: {'yes' if pinned else 'no'}, {elapsed / 60:.1f} min)\n\n{tables}\n{wrote}\n"
+
+
+def ours_source() -> dict[str, Any]:
+    """Which mlserver_torchflow "ours" runs (BENCH_OURS_SRC or this checkout, its commit) and a digest of
+    its sources: each server imports the tree afresh, so an edit made in the same checkout during a run
+    shows up as a changed digest between the start and the end of the run."""
+    root = Path(os.environ.get("BENCH_OURS_SRC") or REPO)
+    files = sorted((root / "mlserver_torchflow").rglob("*.py"))
+    digest = hashlib.sha1()
+    for f in files:
+        digest.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
+    info: dict[str, Any] = {
+        "path": str(root),
+        "digest": digest.hexdigest()[:12],
+        "commit": "",
+        "dirty": False,
+    }
+    if root == REPO:  # an exported tree elsewhere (git archive) has no commit of its own to ask git for
+        git = ["git", "-C", str(REPO)]
+        try:
+            info["commit"] = subprocess.run(
+                [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+            ).stdout.strip()
+            status = [*git, "status", "--porcelain", "--", "mlserver_torchflow"]
+            info["dirty"] = bool(subprocess.run(status, capture_output=True, text=True).stdout.strip())
+        except (OSError, subprocess.CalledProcessError):
+            pass
+    return info
+
+
+def describe_source(start: dict, end: dict) -> str:
+    """Which runtime ours was, and whether the checkout changed under the run (as it can, shared)."""
+    where = f"commit {start['commit']}" if start["commit"] else start["path"]
+    text = (
+        f"\nOurs ran mlserver_torchflow from {where}"
+        + (" with uncommitted changes" if start["dirty"] else "")
+        + f" (sources digest {start['digest']}"
+    )
+    if end["digest"] == start["digest"]:
+        return text + ", unchanged to the end).\n"
+    return text + (
+        f"). **Its sources changed during the run** (digest {end['digest']} at the end, "
+        f"commit {end['commit'] or '?'}): servers started later ran other code.\n"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,19 +6,20 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from measure import Point
+from measure import BUSY_CORES, Point
 from report import best_of, fmt, ratio
 
 P50_SLACK = 1.15  # the 1-client target: ours' p50 within 15% of F + R + the floor's p50
-BUSY = 0.25  # cores used by the rest of the machine in a window above which the point is called noisy
 NAN = float("nan")
 
 
 def problems(group: list[Point]) -> str:
     """Failed, erroring or wrong points, and points that a busy neighbour may have skewed."""
     bad = sum(p.errors + p.wrong + bool(p.failed) for p in group)
-    busy = [p.other_cpu for p in group if p.other_cpu > BUSY]
+    busy = [p.other_cpu for p in group if p.other_cpu > BUSY_CORES]
     text = [f"{bad} bad"] if bad else []
+    if again := sum(p.retries for p in group):
+        text.append(f"{again} re-measured (busy)")
     if busy:
         text.append(f"{len(busy)} of {len(group)} busy (other cpu ≤ {max(busy):.2f})")
     return "; ".join(text)
@@ -115,7 +116,7 @@ def sections(sim: list[dict], real: list[dict]) -> list[str]:
             "`ours/peer`: throughput ratios (`peer` = the peer's better configuration at that point, named "
             "in `cfg`). `p50 target` (1 client only) = F + R + the floor's 1-client p50; `p50/target` "
             f"is met at ≤ {P50_SLACK:.2f}. `problems`: failed/erroring/wrong points, and `busy` ones, where "
-            f"the rest of the machine used more than {BUSY} cores during the window (noise).",
+            f"the rest of the machine used more than {BUSY_CORES} cores during the window (noise).",
             "",
             "| model | F ms | R ms | proto | C | ours req/s | peer req/s | cfg | floor µs/req | bound req/s "
             "| ours/bound | peer/bound | ours/peer | ours p50 ms | p50 target ms | p50/target | problems |",

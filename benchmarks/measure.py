@@ -17,6 +17,7 @@ from probe import TOLERANCE, Interface
 from servers import PinnedServer
 
 POOL = 4  # distinct inputs per worker
+BUSY_CORES = 0.25  # cores the rest of the machine may use in a window before the point counts as noisy
 
 
 def machine_cpu_seconds() -> float:
@@ -28,6 +29,17 @@ def machine_cpu_seconds() -> float:
         return float("nan")
     user, nice, system, _idle, _iowait, irq, softirq, steal = fields
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_quiet(limit_s: float = 60.0) -> bool:
+    """Between points (our server idle): until the whole machine uses under BUSY_CORES for 2 s."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        before = machine_cpu_seconds()
+        time.sleep(2.0)
+        if (machine_cpu_seconds() - before) / 2.0 < BUSY_CORES:
+            return True
+    return False
 
 
 def pool_seed(worker: int, k: int) -> int:
@@ -63,6 +75,7 @@ class Point:
     req_per_server_cpu_s: float = float("nan")  # good replies per second of server CPU: efficiency
     samples: list[str] = field(default_factory=list)
     failed: str = ""
+    retries: int = 0  # times measured again because the rest of the machine was busy (suite.py)
 
 
 def measure(

@@ -72,7 +72,11 @@ def plot(
             bottom.set_xlabel("concurrency")
             bottom.set_yscale("log")
             top.set_ylim(bottom=0)
-    axes[0][0].legend(fontsize=8)
+    handles: dict[str, object] = {}  # every series once, though the first panel may lack some (the floor)
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    axes[0][0].legend(list(handles.values()), list(handles), fontsize=8)
     fig.suptitle(f"{tag}{' (quick trial, indicative only)' if args.quick else ''}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

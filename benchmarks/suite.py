@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import models as model_defs
-from measure import Point, measure
+from measure import BUSY_CORES, Point, measure, wait_quiet
 from perf_analyzer import perf_analyzer
 from probe import load_reference, probe
 from report import fmt
@@ -102,18 +102,30 @@ def _one_server(
                     res.ifaces[key] = {"error": f"did not restart: {first_line(err, 200)}"}
             if iface is None:
                 point.failed = point.failed or res.ifaces[key]["error"]
-            else:
+            retries = getattr(args, "retry_busy", 0)
+            for attempt in range(retries + 1 if iface is not None else 0):
+                # A neighbour busy during the window skews the point: once it is quiet, measure again.
+                point = Point(model, cfg.key, cfg.group, proto, rows, conc, retries=attempt)
                 try:
                     ref = None if cfg.group == "floor" else reference
                     measure(point, server, iface, spec, ref, args, client_cpus)
                 except Exception as err:
                     point.failed = f"harness error: {first_line(err, 200)}"
                     traceback.print_exc()
+                    break
+                if not point.other_cpu > BUSY_CORES or attempt == retries:
+                    break
+                print(
+                    f"[bench]   busy machine ({point.other_cpu:.2f} other cores): again when quiet",
+                    flush=True,
+                )
+                wait_quiet()
             res.points.append(point)
             print(
                 f"[bench]   {model:10s} {cfg.key:16s} {proto:4s} rows={rows:<3d} conc={conc:<3d} "
                 f"{fmt(point.rps):>7s} req/s  p50 {fmt(point.p50_ms, 2):>7s} ms  "
                 f"p99 {fmt(point.p99_ms, 2):>7s} ms  err {point.errors} wrong {point.wrong}  "
+                f"{f'(measured {point.retries + 1}x) ' if point.retries else ''}"
                 f"client {fmt(point.client_cpu, 2)} server {fmt(point.server_cpu, 2)} cores"
                 f"{'  FAILED: ' + point.failed[:200] if point.failed else ''}",
                 flush=True,

@@ -151,7 +151,7 @@ class TorchFlowSettings(BaseSettings):
     GPU: the next batch is handed over just before the running one ends). `auto`: `device` on CUDA;
     elsewhere measured from the pass thread's CPU time (docs/batching.md)."""
 
-    inline_pass_seconds: float = Field(default=0.001, ge=0)
+    inline_pass_seconds: float = Field(default=0.002, ge=0)
     """A pass the cost fit expects to take at most this long, on a model computing on the server's own
     cores (`compute_on`), runs on the event loop itself rather than on the model's thread, whose hand-off
     and wake-ups cost more than a small CPU model's whole pass (docs/batching.md). 0 = always the
