@@ -166,7 +166,8 @@ class Batcher:
         freed = self._freed  # waiting behind a pass is not waiting for company
         if self._in_flight:  # off-core, a pass running: hand over just before it ends (dispatch.stage_next),
             # full or not: a request of a higher priority level may still come
-            lead = min(LEAD, 0.25 * cost.predict(rows))
+            # early enough for the fit's usual miss, never more than a quarter of the pass
+            lead = min(LEAD + 2 * cost.spread(), 0.25 * cost.predict(rows))
             if not stage_next(now, self._running_ends, lead):
                 return self._running_ends - lead - now
             freed = self._running_ends - lead

@@ -45,8 +45,12 @@ class CostModel:
     _nn: float = 0.0
     _t: float = 0.0
     _nt: float = 0.0
+    _miss: float = 0.0  # weighted squared misses of the prediction made before each pass
 
     def observe(self, rows: int, seconds: float) -> None:
+        if self._w:
+            miss = seconds - self.predict(rows)
+            self._miss = self._miss * DECAY + miss * miss
         for name, value in (
             ("_w", 1.0),
             ("_n", rows),
@@ -55,6 +59,10 @@ class CostModel:
             ("_nt", rows * seconds),
         ):
             setattr(self, name, getattr(self, name) * DECAY + value)
+
+    def spread(self) -> float:
+        """How far off a prediction typically is (seconds: a weighted RMS of the recent misses)."""
+        return math.sqrt(self._miss / self._w) if self._w else 0.0
 
     @property
     def known(self) -> bool:

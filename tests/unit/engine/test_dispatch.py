@@ -30,6 +30,16 @@ def test_cost_fit_recovers_fixed_and_per_row_from_noisy_passes() -> None:
     assert per_row == pytest.approx(0.3 * MS, rel=0.1)
 
 
+def test_the_spread_says_how_far_off_predictions_run() -> None:
+    steady, noisy = CostModel(), CostModel()
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        steady.observe(8, 10 * MS)
+        noisy.observe(8, 10 * MS + rng.normal(0, 2 * MS))
+    assert steady.spread() == pytest.approx(0.0, abs=1e-9)
+    assert 1 * MS < noisy.spread() < 4 * MS
+
+
 def test_passes_of_one_size_count_as_fixed_cost() -> None:
     cost = CostModel()
     for _ in range(5):
