@@ -58,6 +58,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--retry-busy", type=int, default=2, help="measure a point again (when quiet) if the machine was busy"
     )
+    parser.add_argument(
+        "--retry-budget",
+        dest="retry_budget_s",
+        type=float,
+        default=300.0,
+        help="seconds of such waits, in all",
+    )
     parser.add_argument("--client-mode", choices=("asyncio", "threads"), default="asyncio")
     parser.add_argument("--client-procs", type=int, default=1, help="client processes, one core each")
     parser.add_argument("--server-cpus", help="cores for the server when pinned (default: all but the last)")

@@ -4,6 +4,7 @@ stop), a server that dies under load restarted for the next point, so that both 
 from __future__ import annotations
 
 import argparse
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -25,6 +26,7 @@ class Results:
     ifaces: dict[str, dict[str, Any]] = field(default_factory=dict)
     perf_analyzer: list[dict[str, Any]] = field(default_factory=list)
     logs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    waited_s: float = 0.0  # spent waiting for a busy machine to go quiet, against args.retry_budget_s
 
 
 def run_suite(
@@ -113,13 +115,16 @@ def _one_server(
                     point.failed = f"harness error: {first_line(err, 200)}"
                     traceback.print_exc()
                     break
-                if not point.other_cpu > BUSY_CORES or attempt == retries:
+                budget = getattr(args, "retry_budget_s", 300.0) - res.waited_s
+                if not point.other_cpu > BUSY_CORES or attempt == retries or budget <= 0:
                     break
                 print(
                     f"[bench]   busy machine ({point.other_cpu:.2f} other cores): again when quiet",
                     flush=True,
                 )
-                wait_quiet()
+                t0 = time.monotonic()
+                wait_quiet(min(60.0, budget))
+                res.waited_s += time.monotonic() - t0
             res.points.append(point)
             print(
                 f"[bench]   {model:10s} {cfg.key:16s} {proto:4s} rows={rows:<3d} conc={conc:<3d} "
