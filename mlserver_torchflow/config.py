@@ -18,6 +18,7 @@ import json
 import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -99,6 +100,18 @@ class TorchFlowSettings(BaseSettings):
 
     compile_backend: Literal["inductor", "aot_eager", "eager"] = "inductor"
     """torch.compile's backend: `eager` / `aot_eager` trace without generating code (for debugging)."""
+
+    tracking_uri: str | None = None
+    """The MLflow tracking server a `models:/`, `runs:/` or `mlflow-artifacts:/` URI is resolved with.
+    Unset: MLflow's own `MLFLOW_TRACKING_URI` (docs/registry.md)."""
+
+    registry_uri: str | None = None
+    """The MLflow model registry for `models:/` URIs. Unset: MLflow's `MLFLOW_REGISTRY_URI`, else the
+    tracking server."""
+
+    download_timeout: float = Field(default=600.0, gt=0)
+    """Seconds a remote model URI has to be resolved and downloaded into the cache; past it the load
+    fails (a hanging server or bucket never hangs the pod) and nothing half-written is kept."""
 
     strict_versions: bool = False
     """Turn a torch or Python major.minor mismatch between the saved model and the server into a
@@ -326,6 +339,11 @@ class ServerSettings(BaseSettings):
     """`key=value`: the header (gRPC: metadata) a request to a restricted API must carry. Empty: the
     restricted APIs are off for everyone."""
 
+    model_cache: str = ""
+    """Writable folder where remote model URIs (`models:/`, `runs:/`, `s3://`, ...) are downloaded, one
+    entry per resolved version, reused across restarts. Empty: `~/.cache/mlserver-torchflow`. Never
+    the model folder (in a pod, mount an emptyDir here to keep it across container restarts)."""
+
     torch_threads: int = Field(default=0, ge=0)
     """Intra-op threads of torch's CPU kernels, for every model in the process; 0 = the usable cores
     (affinity, capped by the cgroup CPU quota) less one, at least 1: the event loop keeps a core."""
@@ -355,6 +373,14 @@ class ServerSettings(BaseSettings):
 
     def restricted(self) -> frozenset[str]:
         return frozenset(_groups(self.restricted_apis))
+
+    def cache_dir(self) -> Path:
+        return Path(self.model_cache or "~/.cache/mlserver-torchflow").expanduser()
+
+
+def child_environment(defaults: dict[str, str]) -> dict[str, str]:
+    """The environment for a child process: this one's, with `defaults` for the keys it lacks."""
+    return {**defaults, **os.environ}
 
 
 API_GROUPS = ("model-repository", "statistics")

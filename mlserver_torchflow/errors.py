@@ -19,7 +19,8 @@ handles three kinds, so there is one base for each, and catching the base is eno
     │   └── ExecutionTimeout                                a pass ran past execution_timeout (or one still runs)
     ├── ModelExecutionError        500  INTERNAL            the model raised on a valid request
     └── ModelLoadError             500  (load time)         the model cannot be found, read or placed
-        └── ModelNotFoundOnDisk                             no weights where any layout could put them
+        ├── ModelNotFoundOnDisk                             no weights where any layout could put them
+        └── ModelFetchError                                 a remote model URI could not be resolved or downloaded
 
 Messages say what was expected, what came, and what to do: they are what the client or operator reads.
 """
@@ -112,6 +113,10 @@ class ModelLoadError(TorchFlowError):
 
 class ModelNotFoundOnDisk(ModelLoadError):
     """No weights file where the MLmodel, the storage-initializer or the tree could put it."""
+
+
+class ModelFetchError(ModelLoadError):
+    """A remote model URI (`models:/`, `runs:/`, `s3://`, ...) could not be resolved or downloaded in time."""
 
 
 def grpc_codes() -> dict[int, str]:

@@ -26,11 +26,12 @@ from mlserver.utils import to_absolute_path
 
 from .. import patches
 from ..common import first_line, logger, rows_of
-from ..config import load_settings, server_settings
+from ..config import TorchFlowSettings, load_settings, server_settings
 from ..engine.compiling import describe as describe_compile
 from ..engine.examples import load_example
 from ..engine.layout import MLMODEL, ModelFiles, locate
 from ..engine.phases import Phases
+from ..engine.remote import Fetched, fetch, is_remote
 from ..engine.replica import Replica
 from ..engine.replicas import load_replicas
 from ..engine.versions import check_versions
@@ -104,7 +105,8 @@ class TorchFlowRuntime(MLModel):
         started = time.monotonic()
         self.torchflow = load_settings(self._extra())
         self._limits = self.torchflow.request_limits()
-        files = locate(self._model_path())
+        folder, fetched = await self._model_folder(self.torchflow)
+        files = locate(folder)
         interface = _interface(files)
         versions = check_versions(files, self.torchflow.strict_versions)
         example = load_example(files, interface) if self.torchflow.warmup else None
@@ -136,6 +138,7 @@ class TorchFlowRuntime(MLModel):
             "precision": self.torchflow.precision,
             "compile": describe_compile(first.backend, first.warmed_sizes) if first.backend else "off",
             "weights": str(files.weights),
+            **(fetched.facts() if fetched else {}),
             "warmed_up": str(example is not None).lower(),
             **({"shapes": first.rules.describe(_names(interface))} if first.rules else {}),
             **{f"version.{c.package}": c.state() for c in versions},
@@ -165,9 +168,9 @@ class TorchFlowRuntime(MLModel):
         """Triton's model config. With parallel workers it may run in the main process, where load()
         never ran: the signature is read from disk then (no torch needed)."""
         settings = getattr(self, "torchflow", None) or load_settings(self._extra())
-        interface = getattr(self, "_interface", None) or interface_from_mlmodel(
-            locate(self._model_path()).mlmodel
-        )
+        interface = getattr(self, "_interface", None)
+        if interface is None:
+            interface = interface_from_mlmodel(locate((await self._model_folder(settings))[0]).mlmodel)
         batch = settings.batch_config()
         return triton_config(
             self.name,
@@ -185,18 +188,19 @@ class TorchFlowRuntime(MLModel):
     def _extra(self) -> dict[str, Any] | None:
         return self.settings.parameters.extra if self.settings.parameters else None
 
-    def _model_path(self) -> str:
-        """`parameters.uri` resolved as MLServer does; `locate` explains what is missing."""
+    async def _model_folder(self, settings: TorchFlowSettings) -> tuple[str, Fetched | None]:
+        """`parameters.uri` as a local folder: a path resolved as MLServer does, or any other MLflow URI
+        fetched into the cache (engine/remote.py); `locate` explains what is missing."""
         uri = self.settings.parameters.uri if self.settings.parameters else None
         if not uri:
             raise InvalidModelURI(self.name)
-        parsed = urllib.parse.urlparse(uri, scheme="file")
-        if parsed.scheme != "file":
-            raise ModelLoadError(
-                f"parameters.uri {uri!r} is not a local path: TorchFlowRuntime reads models from disk "
-                "(in KServe the storage-initializer downloads them to /mnt/models)."
+        if is_remote(uri):
+            cache = server_settings().cache_dir()
+            fetched = await fetch(
+                uri, cache, settings.tracking_uri, settings.registry_uri, settings.download_timeout
             )
-        return to_absolute_path(self.settings, parsed.path)
+            return str(fetched.path), fetched
+        return to_absolute_path(self.settings, urllib.parse.urlparse(uri, scheme="file").path), None
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
         started = time.monotonic()
