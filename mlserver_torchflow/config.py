@@ -109,9 +109,10 @@ class TorchFlowSettings(BaseSettings):
     """The MLflow model registry for `models:/` URIs. Unset: MLflow's `MLFLOW_REGISTRY_URI`, else the
     tracking server."""
 
-    download_timeout: float = Field(default=600.0, gt=0)
+    download_timeout: float = Field(default=240.0, gt=0)
     """Seconds a remote model URI has to be resolved and downloaded into the cache; past it the load
-    fails (a hanging server or bucket never hangs the pod) and nothing half-written is kept."""
+    fails with a message (a hanging server or bucket never hangs the pod) and nothing half-written is
+    kept. The default fits inside the shipped manifests' 5-minute startup probe: raise both together."""
 
     strict_versions: bool = False
     """Turn a torch or Python major.minor mismatch between the saved model and the server into a
