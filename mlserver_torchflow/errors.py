@@ -20,6 +20,7 @@ handles three kinds, so there is one base for each, and catching the base is eno
     ├── ModelExecutionError        500  INTERNAL            the model raised on a valid request
     └── ModelLoadError             500  (load time)         the model cannot be found, read or placed
         ├── ModelNotFoundOnDisk                             no weights where any layout could put them
+        ├── DamagedWeights                                  a weights file fails its CRC-32 check
         └── ModelFetchError                                 a remote model URI could not be resolved or downloaded
 
 Messages say what was expected, what came, and what to do: they are what the client or operator reads.
@@ -113,6 +114,10 @@ class ModelLoadError(TorchFlowError):
 
 class ModelNotFoundOnDisk(ModelLoadError):
     """No weights file where the MLmodel, the storage-initializer or the tree could put it."""
+
+
+class DamagedWeights(ModelLoadError):
+    """A member of the weights archive fails its CRC-32 check: the copy on disk is corrupt."""
 
 
 class ModelFetchError(ModelLoadError):

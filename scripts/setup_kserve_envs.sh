@@ -7,6 +7,7 @@
 #   $KSERVE_ENVS/current        kserve-storage (newest on PyPI):  from kserve_storage import Storage
 #   $KSERVE_ENVS/v0.14.1        kserve[storage]==0.14.1 (flattens: kserve PR 3205):  from kserve.storage import Storage
 #   $KSERVE_ENVS/sdk            kserve==0.21.0, the Python SDK's clients:  from kserve import InferenceRESTClient
+#   $KSERVE_ENVS/mlflow-server  mlflow[auth] (the full server) + boto3, for tests/mlflow_server.py
 #   $KSERVE_ENVS/perf-analyzer  tritonclient[all]==2.51.0's perf_analyzer, run as perf-analyzer/bin/pa
 #                               (benchmarks/setup_perf_analyzer.sh; apt-get installs libb64-0d if missing)
 #
@@ -24,6 +25,10 @@ python="${KSERVE_PYTHON:-python3}"
 current_req="${KSERVE_STORAGE_REQ:-kserve-storage}"
 old_req="kserve[storage]==0.14.1"
 sdk_req="kserve==0.21.0"
+# The tracking server of tests/mlflow_server.py: the full mlflow at the project's own mlflow-skinny version
+# (the newest release not past it: a client never newer than its server), with boto3 for S3 artifacts and the basic-auth app.
+skinny="$("${VENV:-$repo/.venv}/bin/python" -c 'import importlib.metadata as m; print(m.version("mlflow-skinny"))' 2>/dev/null || true)"
+mlflow_req="${MLFLOW_SERVER_REQ:-mlflow[auth]${skinny:+<=$skinny} boto3}"
 
 mkdir -p "$envs"
 envs="$(cd "$envs" && pwd)"
@@ -58,8 +63,10 @@ build() { # name requirement import-statement
   fi
   rm -rf "$dir"
   "$python" -m venv "$dir" >"$log" 2>&1 || { cat "$log" >&2; fail "cannot create a venv in $dir with $python"; }
+  local -a reqs
+  read -ra reqs <<<"$req" # several requirements, separated by spaces
   if ! "$dir/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
-      -c "$no_torch" "$req" >>"$log" 2>&1; then
+      -c "$no_torch" "${reqs[@]}" >>"$log" 2>&1; then
     grep -v 'is ignored: it is neither a file nor a directory' "$log" | tail -n 40 >&2
     if grep -v 'is ignored: it is neither a file nor a directory' "$log" | grep -qi 'torch'; then
       fail "installing '$req' wants torch (see above, full log: $log); these venvs must not contain torch"
@@ -79,6 +86,7 @@ build() { # name requirement import-statement
 build current "$current_req" "from kserve_storage import Storage; Storage.download"
 build v0.14.1 "$old_req" "from kserve.storage import Storage; Storage.download"
 build sdk "$sdk_req" "from kserve import InferenceRESTClient, InferenceGRPCClient, RESTConfig, InferInput"
+build mlflow-server "$mlflow_req" "import mlflow.server, mlflow.server.auth, sqlalchemy, boto3"
 # Quiet on success itself; prints why (and its log's tail) on stderr when it fails.
 PYTHON="$python" bash "$repo/benchmarks/setup_perf_analyzer.sh" "$envs/perf-analyzer" >/dev/null \
   || fail "benchmarks/setup_perf_analyzer.sh failed for $envs/perf-analyzer (log: $envs/perf-analyzer.log)"

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO
 
 from ..common import logger
-from ..errors import ModelLoadError
+from ..errors import DamagedWeights
 
 CHUNK = 1024 * 1024
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -36,7 +36,7 @@ class Checked:
 def check_weights(path: Path) -> Checked | None:
     """Check every member of the zip archive at `path`; None when it is not a zip (nothing to check).
 
-    A mismatch is a `ModelLoadError` naming the file and the member, and saying to upload again.
+    A mismatch is `DamagedWeights` naming the file and the member, and saying to upload again.
     """
     if not zipfile.is_zipfile(path):
         return None  # torch.save's legacy (pre-1.6) format carries no checksums
@@ -45,7 +45,7 @@ def check_weights(path: Path) -> Checked | None:
         with path.open("rb") as handle:
             members, nbytes = _check_archive(handle, str(path), 1)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as err:
-        raise ModelLoadError(
+        raise DamagedWeights(
             f"the weights file {path} ({path.stat().st_size} bytes) is damaged: {err}. The copy is corrupt: compare it with the file "
             "in the model store and upload the model again (mlflow.pytorch.log_model / save_model). "
             "To load it anyway from a store you trust, set verify_weights: false."

@@ -33,7 +33,7 @@ ADVICE = {
     "unreachable": "The tracking server (or the storage) could not be reached: check tracking_uri / "
     "MLFLOW_TRACKING_URI (or MLFLOW_S3_ENDPOINT_URL), and that the pod's network reaches it.",
     "not_found": "No such model, version, alias, run or artifact: check the name and the version or "
-    "alias in the registry (`mlflow models` / the MLflow UI), or the path in the bucket.",
+    "alias in the registry (the MLflow UI, or MlflowClient().search_model_versions), or the path in the bucket.",
     "permission": "The credentials were refused: set MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD "
     "(or MLFLOW_TRACKING_TOKEN) for the tracking server, or the bucket's credentials (AWS_*, "
     "GOOGLE_APPLICATION_CREDENTIALS), with read access to this model.",
@@ -46,6 +46,7 @@ class Fetched:
     """Where a remote model landed, and what its URI resolved to (reported in the model's metadata)."""
 
     path: Path
+    entry: Path
     uri: str
     resolved: str
     version: str | None
@@ -57,7 +58,12 @@ class Fetched:
     def facts(self) -> dict[str, str]:
         found = {"uri": self.uri, "resolved": self.resolved, "version": self.version}
         found |= {"run_id": self.run_id, "source": self.source, "cache": str(self.path)}
+        found |= {"cached": str(self.cached).lower()}
         return {f"source.{k}": v for k, v in found.items() if v}
+
+    def evict(self) -> None:
+        """Remove this entry from the cache (it turned out damaged): the next fetch downloads it again."""
+        shutil.rmtree(self.entry, ignore_errors=True)
 
 
 def is_remote(uri: str) -> bool:
@@ -102,10 +108,11 @@ async def fetch(
         kind = answer.get("kind", "other")
         raise ModelFetchError(
             f"model URI {uri!r} could not be fetched ({kind.replace('_', ' ')}): "
-            f"{answer.get('detail', '?')}. {ADVICE.get(kind, ADVICE['other'])}"
+            f"{str(answer.get('detail', '?')).rstrip('.')}. {ADVICE.get(kind, ADVICE['other'])}"
         )
     fetched = Fetched(
         path=Path(answer["entry"]) / answer["path"],
+        entry=Path(answer["entry"]),
         uri=uri,
         resolved=answer["resolved"],
         version=answer.get("version"),

@@ -35,7 +35,7 @@ from ..engine.remote import Fetched, fetch, is_remote
 from ..engine.replica import Replica
 from ..engine.replicas import load_replicas
 from ..engine.versions import check_versions
-from ..errors import ModelExecutionError, ModelLoadError, TorchFlowError, Unloading
+from ..errors import DamagedWeights, ModelExecutionError, ModelLoadError, TorchFlowError, Unloading
 from ..patches import frontends, grpc_raw, shutdown, startup
 from ..protocol.codec import check_requested, decode_request, encode_outputs
 from ..protocol.metadata import build_metadata, observed_outputs, triton_config, triton_queue_policy
@@ -101,7 +101,8 @@ class TorchFlowRuntime(MLModel):
                 )
             raise
 
-    async def _load(self) -> bool:
+    async def _load(self, refetch: bool = True) -> bool:
+        """`refetch`: a cached download that turns out damaged is removed and downloaded once more."""
         started = time.monotonic()
         self.torchflow = load_settings(self._extra())
         self._limits = self.torchflow.request_limits()
@@ -111,14 +112,21 @@ class TorchFlowRuntime(MLModel):
         versions = check_versions(files, self.torchflow.strict_versions)
         example = load_example(files, interface) if self.torchflow.warmup else None
         # One copy per device, each with its own executor thread and batcher (engine/replicas.py).
-        self._batcher = await load_replicas(
-            self.name,
-            files,
-            interface,
-            self.torchflow,
-            example,
-            lambda label: BatchMetrics(self.name, label, self.stats.executed),
-        )
+        try:
+            self._batcher = await load_replicas(
+                self.name,
+                files,
+                interface,
+                self.torchflow,
+                example,
+                lambda label: BatchMetrics(self.name, label, self.stats.executed),
+            )
+        except DamagedWeights as err:
+            if not (fetched and fetched.cached and refetch):
+                raise
+            logger.warning("model %s: the cached copy is damaged (%s); downloading it again", self.name, err)
+            fetched.evict()
+            return await self._load(refetch=False)
         first = self._batcher.replicas[0]
         warmed = example is not None or bool(first.warmed_sizes)
         advise(self.name, [r.device for r in self._batcher.replicas], self.torchflow.warmup, warmed)
