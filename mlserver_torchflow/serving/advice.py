@@ -39,4 +39,6 @@ def advise(model: str, devices: list[torch.device], warmup: bool, warmed: bool) 
         )
     for line in lines:
         logger.warning(line)
+    if not warmup:  # the user's own choice: said once, not as a warning
+        logger.info("model %s: warm-up skipped (warmup: false): the first requests pay for it", model)
     return lines
