@@ -6,12 +6,16 @@ finds its environments):
   with ours and its generated `inference.*` protobufs with MLServer's and tritonclient's, so tests run it
   in a subprocess (`subprocess.run([sdk_python(), "-c", code], env=subprocess_env())`), never import it;
 - `perf_analyzer()`: `perf-analyzer/bin/pa`, the wrapper around tritonclient[all]==2.51.0's perf_analyzer
-  that puts libcudart on the library path (benchmarks/setup_perf_analyzer.sh).
+  that puts libcudart on the library path (benchmarks/setup_perf_analyzer.sh);
+- `mlflow_server_python()`: the python of the `mlflow-server` virtualenv, the full `mlflow[auth]` (at the
+  version of the project's mlflow-skinny where PyPI has it) with boto3: tests/mlflow_server.py runs its
+  `mlflow server`.
 
-Both answer None when the environment is missing or was never finished. A test that needs one calls
+All answer None when the environment is missing or was never finished. A test that needs one calls
 `require_sdk_python()` / `require_perf_analyzer()`: like test_storage_initializer.py they run the setup
 script once per session (seconds when everything is there, minutes on a fresh machine) and fail the
-test, never skip it, when the script fails or leaves the environment missing.
+test, never skip it, when the script fails or leaves the environment missing
+(`require_mlflow_server_python()` likewise).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import functools
 import os
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -52,6 +57,13 @@ def perf_analyzer() -> Path | None:
     return pa if _executable(pa) and (env / ".perf-analyzer-installed").is_file() else None
 
 
+def mlflow_server_python() -> Path | None:
+    """The `mlflow-server` virtualenv's python (full mlflow[auth] + boto3), if the setup script finished it."""
+    env = kserve_envs() / "mlflow-server"
+    python = env / "bin" / "python"
+    return python if _executable(python) and (env / ".installed").is_file() else None
+
+
 def subprocess_env() -> dict[str, str]:
     """This process's environment without the PYTHON* variables, which must not reach another venv."""
     return {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
@@ -62,7 +74,8 @@ def _setup() -> subprocess.CompletedProcess[str]:
     try:
         return subprocess.run(
             ["bash", str(SETUP)],
-            env={**os.environ, "KSERVE_ENVS": str(kserve_envs())},
+            # VENV: the environment whose mlflow-skinny version the mlflow-server one matches (this one).
+            env={**os.environ, "KSERVE_ENVS": str(kserve_envs()), "VENV": sys.prefix},
             capture_output=True,
             text=True,
             timeout=SETUP_TIMEOUT,
@@ -92,3 +105,7 @@ def require_sdk_python() -> Path:
 
 def require_perf_analyzer() -> Path:
     return _require(perf_analyzer, "perf-analyzer/bin/pa")
+
+
+def require_mlflow_server_python() -> Path:
+    return _require(mlflow_server_python, "mlflow-server virtualenv")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,8 @@ import pytest
 from torch import nn
 
 from tests import builders as b
+from tests.mlflow_server import MlflowServer
+from tests.s3 import moto_server
 
 # Support modules that assert: pytest shows their failures in detail, as it does for tests.
 pytest.register_assert_rewrite("tests.kserve_crds")
@@ -100,3 +104,35 @@ def columns(models_root: Path) -> Saved:
 def no_signature(models_root: Path) -> Saved:
     model, example = b.build(b.MLP), b.example_for(b.MLP)
     return Saved(b.save(model, models_root / "nosig-pickle", "pickle"), model, example)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., MlflowServer]]:
+    """Factory of real `mlflow server`s (tests/mlflow_server.py), each started, healthy, in its own folder.
+
+    `mlflow_server()` proxies artifacts to local disk; `mlflow_server("s3")` stores them in a moto S3
+    (started here unless `s3_endpoint=` names one); `basic_auth=True` adds MLflow's basic-auth app.
+    Every server (and moto) started through it stops when the module's tests are done.
+    """
+    with contextlib.ExitStack() as stack:
+
+        def start(
+            artifacts: str = "proxied",
+            *,
+            basic_auth: bool = False,
+            default_permission: str = "READ",
+            s3_endpoint: str | None = None,
+        ) -> MlflowServer:
+            root = tmp_path_factory.mktemp("mlflow-server")
+            if artifacts == "s3" and s3_endpoint is None:
+                s3_endpoint = stack.enter_context(moto_server(root))
+            server = MlflowServer(
+                root,
+                artifacts=artifacts,
+                s3_endpoint=s3_endpoint,
+                basic_auth=basic_auth,
+                default_permission=default_permission,
+            )
+            return stack.enter_context(server.running())
+
+        yield start

@@ -20,17 +20,11 @@ import io
 import json
 import os
 import subprocess
-import sys
 import tarfile
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
-from importlib.util import find_spec
 from pathlib import Path
 
-import boto3
 import cloudpickle
 import numpy as np
 import pytest
@@ -38,7 +32,9 @@ import torch
 from torch import nn
 
 from tests import builders as b
-from tests.server import Server, free_port, write_model_settings
+from tests.s3 import CREDENTIALS, moto_server
+from tests.s3 import client as s3_client
+from tests.server import Server, write_model_settings
 
 # The first test may build both virtualenvs (a few minutes on a fresh machine).
 pytestmark = pytest.mark.timeout(900)
@@ -67,12 +63,7 @@ RTOL = ATOL = 1e-5
 # What the initializer reads (both versions; see their `_download_s3`/`get_S3_config`): the endpoint
 # from AWS_ENDPOINT_URL only (KServe's webhook derives it from the S3_ENDPOINT/S3_USE_HTTPS it also
 # sets; the Python code never reads those two), S3_VERIFY_SSL=0|false to skip TLS checks, and the
-# credentials/region through boto3's own chain.
-CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
+# credentials/region (tests.s3.CREDENTIALS) through boto3's own chain.
 
 DOWNLOAD = """
 import json, sys
@@ -147,40 +138,8 @@ def kserve_envs() -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """moto's S3 server on a free loopback port, in its own process."""
-    if find_spec("moto") is None:
-        pytest.fail("moto is not installed: pip install 'moto[server]' boto3", pytrace=False)
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("moto") / "moto.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(
-                    f"moto server exited with {proc.returncode}:\n{log_path.read_text()}", pytrace=False
-                )
-            try:
-                with urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2):
-                    break
-            except (urllib.error.URLError, ConnectionError):
-                if time.monotonic() > deadline:
-                    pytest.fail(f"moto server not up after 60 s:\n{log_path.read_text()}", pytrace=False)
-                time.sleep(0.2)
+    with moto_server(tmp_path_factory.mktemp("moto")) as endpoint:
         yield endpoint
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -200,13 +159,7 @@ def uploaded(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Uplo
         "pt2": b.save(mlp, saved / "mlp-pt2", "pt2", example=example, pip_requirements=reqs),
         "other": b.save(other, saved / "other-pt2", "pt2", example=example, pip_requirements=reqs),
     }
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=s3_endpoint,
-        aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        region_name=CREDENTIALS["AWS_DEFAULT_REGION"],
-    )
+    s3 = s3_client(s3_endpoint)
     s3.create_bucket(Bucket=BUCKET)
 
     objects: dict[str, int] = {}

@@ -54,6 +54,22 @@ def test_a_server_that_never_answers_fails_the_load_at_the_timeout(tmp_path: Pat
     assert not [p for p in tmp_path.rglob("*") if p.name == remote_worker.SOURCE]
 
 
+def test_a_bucket_that_never_answers_fails_the_load_at_the_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", f"http://127.0.0.1:{silent.getsockname()[1]}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    started = time.monotonic()
+    with pytest.raises(ModelFetchError, match=r"'s3://models/churn/model'.*within download_timeout"):
+        asyncio.run(fetch("s3://models/churn/model", tmp_path, None, None, 3.0))
+    assert time.monotonic() - started < 10
+    silent.close()
+
+
 def test_an_unreachable_server_is_named_in_seconds(tmp_path: Path) -> None:
     closed = socket.socket()
     closed.bind(("127.0.0.1", 0))
