@@ -315,3 +315,32 @@ def snapshot(top: Path) -> dict[str, tuple[int, int]]:
     """Every file under `top` with its size and mtime: equal before and after load means nothing was written."""
     top = top.resolve()
     return {str(p.relative_to(top)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(top.rglob("*"))}
+
+
+def largest(path: Path, tensors_only: bool = True) -> str:
+    """The largest member holding tensor bytes: torch.save/jit storages are `<archive>/data/<n>`, pt2
+    weights `<archive>/data/weights/weight_<n>`."""
+    with zipfile.ZipFile(path) as archive:
+        infos = [
+            i
+            for i in archive.infolist()
+            if not tensors_only or i.filename.rsplit("/", 1)[-1].isdigit() or "/weights/weight_" in i.filename
+        ]
+    return max(infos, key=lambda i: i.file_size).filename
+
+
+def flip_member(path: Path, member: str) -> str:
+    """Flips up to 2,000 bytes of `member`'s data in place: the zip's directory, and the CRC-32 it
+    records, stay as saved (what a bad copy or a bit rot does). Returns `member`."""
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(member)
+    assert info.compress_type == zipfile.ZIP_STORED  # torch stores members uncompressed
+    data = bytearray(path.read_bytes())
+    # The local header's name and extra lengths (the extra field may differ from the directory's).
+    name_len = int.from_bytes(data[info.header_offset + 26 : info.header_offset + 28], "little")
+    extra_len = int.from_bytes(data[info.header_offset + 28 : info.header_offset + 30], "little")
+    start = info.header_offset + 30 + name_len + extra_len
+    for k in range(start, start + min(2000, info.file_size)):
+        data[k] ^= 0x5A
+    path.write_bytes(bytes(data))
+    return member

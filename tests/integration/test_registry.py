@@ -170,6 +170,12 @@ def test_a_restart_reuses_the_cache_without_the_tracking_server(mlflow_server: A
         assert source(mls, "pinned")["cached"] == "false"
         assert served_by(mls, "pinned", versions) == "1"
     entries = sorted(p.parent.name for p in cache.rglob("source.json"))
+    weights = next(cache.rglob("data/model.pt2"))
+    b.flip_member(weights, b.largest(weights))  # bit rot in the cache: evicted and downloaded again
+    with Server(repo, env=env).running(["pinned"]) as mls:
+        assert served_by(mls, "pinned", versions) == "1"
+        assert "the cached copy is damaged" in mls.log()
+    assert sorted(p.parent.name for p in cache.rglob("source.json")) == entries
     server.stop()  # the tracking server is gone: the pinned version is served from the cache
 
     with Server(repo, env=env).running(["pinned"]) as mls:

@@ -25,42 +25,13 @@ def weights_of(folder: Path) -> Path:
     return next((folder / "data").glob("model.*"))
 
 
-def largest(path: Path, tensors_only: bool = True) -> str:
-    """The largest member holding tensor bytes: torch.save/jit storages are `<archive>/data/<n>`, pt2
-    weights `<archive>/data/weights/weight_<n>`."""
-    with zipfile.ZipFile(path) as archive:
-        infos = [
-            i
-            for i in archive.infolist()
-            if not tensors_only or i.filename.rsplit("/", 1)[-1].isdigit() or "/weights/weight_" in i.filename
-        ]
-    return max(infos, key=lambda i: i.file_size).filename
-
-
-def flip_member(path: Path, member: str) -> str:
-    """Flips up to 2,000 bytes of `member`'s data in place: the zip's directory, and the CRC-32 it
-    records, stay as saved (what a bad copy or a bit rot does). Returns `member`."""
-    with zipfile.ZipFile(path) as archive:
-        info = archive.getinfo(member)
-    assert info.compress_type == zipfile.ZIP_STORED  # torch stores members uncompressed
-    data = bytearray(path.read_bytes())
-    # The local header's name and extra lengths (the extra field may differ from the directory's).
-    name_len = int.from_bytes(data[info.header_offset + 26 : info.header_offset + 28], "little")
-    extra_len = int.from_bytes(data[info.header_offset + 28 : info.header_offset + 30], "little")
-    start = info.header_offset + 30 + name_len + extra_len
-    for k in range(start, start + min(2000, info.file_size)):
-        data[k] ^= 0x5A
-    path.write_bytes(bytes(data))
-    return member
-
-
 @pytest.mark.parametrize("fmt", b.FORMATS)
 def test_flipped_bytes_in_a_tensor_are_refused_naming_file_and_member(
     tmp_path: Path, mlp: dict[str, Saved], fmt: str
 ) -> None:
     shutil.copytree(mlp[fmt].path, tmp_path / "m")
     weights = weights_of(tmp_path / "m")
-    member = flip_member(weights, largest(weights))
+    member = b.flip_member(weights, b.largest(weights))
     with pytest.raises(ModelLoadError) as info:
         load(tmp_path / "m")
     message = str(info.value)
@@ -84,7 +55,7 @@ def test_a_damaged_archive_inside_a_pt2_is_refused(tmp_path: Path, mlp: dict[str
         inner_path.write_bytes(archive.read(inner))
     # Flip bytes inside the inner archive, whose own directory keeps the original CRC-32; the outer
     # archive is rewritten with fresh CRCs, so only the check of the inner members can see it.
-    target = flip_member(inner_path, largest(inner_path, tensors_only=False))
+    target = b.flip_member(inner_path, b.largest(inner_path, tensors_only=False))
     b.rewrite_archive(weights, weights, {inner: inner_path.read_bytes()})
     with pytest.raises(ModelLoadError, match="CRC-32") as info:
         check_weights(weights)
