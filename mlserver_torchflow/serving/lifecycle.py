@@ -1,12 +1,19 @@
-"""Around a model copy's life in MLServer: what its construction takes over, and what its unload waits for."""
+"""Around a model copy's life in MLServer: what its construction takes over, where its files come from,
+and what its unload waits for."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+import urllib.parse
 from collections.abc import Callable
 
+from mlserver.errors import InvalidModelURI
 from mlserver.settings import ModelParameters, ModelSettings
+from mlserver.utils import to_absolute_path
+
+from ..config import TorchFlowSettings, server_settings
+from ..engine.remote import Fetched, fetch, is_remote
 
 # Seconds an unload waits for requests that resolved this copy before MLServer swapped it out.
 UNLOAD_GRACE = 0.1
@@ -28,6 +35,21 @@ def take_over_batching(settings: ModelSettings) -> None:
     settings.parameters.extra = extra
     settings.max_batch_size = 0
     settings.max_batch_time = 0
+
+
+async def model_folder(model: ModelSettings, settings: TorchFlowSettings) -> tuple[str, Fetched | None]:
+    """`parameters.uri` as a local folder: a path resolved as MLServer does, or any other MLflow URI
+    fetched into the cache (engine/remote.py); `locate` then explains what is missing."""
+    uri = model.parameters.uri if model.parameters else None
+    if not uri:
+        raise InvalidModelURI(model.name)
+    if is_remote(uri):
+        cache = server_settings().cache_dir()
+        fetched = await fetch(
+            uri, cache, settings.tracking_uri, settings.registry_uri, settings.download_timeout
+        )
+        return str(fetched.path), fetched
+    return to_absolute_path(model, urllib.parse.urlparse(uri, scheme="file").path), None
 
 
 async def settle(active: Callable[[], int], timeout: float) -> None:

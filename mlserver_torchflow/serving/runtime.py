@@ -15,23 +15,19 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import urllib.parse
 from typing import Any
 
 from mlserver import MLModel
-from mlserver.errors import InvalidModelURI
 from mlserver.settings import ModelSettings
 from mlserver.types import InferenceRequest, InferenceResponse, MetadataModelResponse
-from mlserver.utils import to_absolute_path
 
 from .. import patches
 from ..common import first_line, logger, rows_of
-from ..config import TorchFlowSettings, load_settings, server_settings
+from ..config import load_settings, server_settings
 from ..engine.compiling import describe as describe_compile
 from ..engine.examples import load_example
 from ..engine.layout import MLMODEL, ModelFiles, locate
 from ..engine.phases import Phases
-from ..engine.remote import Fetched, fetch, is_remote
 from ..engine.replica import Replica
 from ..engine.replicas import load_replicas
 from ..engine.versions import check_versions
@@ -106,7 +102,7 @@ class TorchFlowRuntime(MLModel):
         started = time.monotonic()
         self.torchflow = load_settings(self._extra())
         self._limits = self.torchflow.request_limits()
-        folder, fetched = await self._model_folder(self.torchflow)
+        folder, fetched = await lifecycle.model_folder(self.settings, self.torchflow)
         files = locate(folder)
         interface = _interface(files)
         versions = check_versions(files, self.torchflow.strict_versions)
@@ -178,7 +174,9 @@ class TorchFlowRuntime(MLModel):
         settings = getattr(self, "torchflow", None) or load_settings(self._extra())
         interface = getattr(self, "_interface", None)
         if interface is None:
-            interface = interface_from_mlmodel(locate((await self._model_folder(settings))[0]).mlmodel)
+            interface = interface_from_mlmodel(
+                locate((await lifecycle.model_folder(self.settings, settings))[0]).mlmodel
+            )
         batch = settings.batch_config()
         return triton_config(
             self.name,
@@ -195,20 +193,6 @@ class TorchFlowRuntime(MLModel):
 
     def _extra(self) -> dict[str, Any] | None:
         return self.settings.parameters.extra if self.settings.parameters else None
-
-    async def _model_folder(self, settings: TorchFlowSettings) -> tuple[str, Fetched | None]:
-        """`parameters.uri` as a local folder: a path resolved as MLServer does, or any other MLflow URI
-        fetched into the cache (engine/remote.py); `locate` explains what is missing."""
-        uri = self.settings.parameters.uri if self.settings.parameters else None
-        if not uri:
-            raise InvalidModelURI(self.name)
-        if is_remote(uri):
-            cache = server_settings().cache_dir()
-            fetched = await fetch(
-                uri, cache, settings.tracking_uri, settings.registry_uri, settings.download_timeout
-            )
-            return str(fetched.path), fetched
-        return to_absolute_path(self.settings, urllib.parse.urlparse(uri, scheme="file").path), None
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
         started = time.monotonic()
