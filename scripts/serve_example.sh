@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup_env.sh
-[ -f model-settings/mlp/model/MLmodel ] || { pip install -q scipy; python scripts/make_example.py; }
+[ -f model-settings/mlp/model/MLmodel ] || python scripts/make_example.py
 exec mlserver start .

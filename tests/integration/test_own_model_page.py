@@ -12,12 +12,17 @@ that runs `mlserver start` is started in the background and always stopped. Then
 - the metadata curl lists the signature's names and says the model warmed up (`torchflow.warmed_up`);
 - the tritonclient snippet runs.
 
+"The same from the registry" runs too, against a real `mlflow server` (tests/mlflow_server.py) standing in
+for the page's `http://localhost:5000`: the folder section's curl commands then answer from
+`models:/my-cnn@champion`, equal to the registered version as MLflow loads it.
+
 A page edit that breaks a command, a renamed input, or a script that stops writing the input example
 fails here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -36,6 +41,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.mlflow_server import client_env
 from tests.server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,6 +50,8 @@ SECTION = "Serve it from a folder"
 MODEL = "my-model"  # the script's default --out, the name the page's commands use
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 RTOL, ATOL = 1e-5, 1e-6
+# Saving the model and starting the server take ~20 s on an idle 2-core machine; much more under load.
+pytestmark = pytest.mark.timeout(600)
 
 
 def section_blocks(markdown: str, heading: str) -> list[tuple[str, str]]:
@@ -105,7 +113,7 @@ def run_block(lang: str, code: str, cwd: Path, env: dict[str, str]) -> str:
     return done.stdout
 
 
-def wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path, timeout: float = 240) -> None:
+def wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:
@@ -113,7 +121,7 @@ def wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path, timeout: flo
                 f"the page's server exited with {proc.returncode}:\n{log.read_text()[-4000:]}"
             )
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=5) as r:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/models/{MODEL}/ready", timeout=5) as r:
                 if r.status == 200:
                     return
         except (urllib.error.URLError, ConnectionError):
@@ -133,16 +141,18 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-@pytest.fixture(scope="module")
-def page_run(
-    workdir: Path, ports: dict[str, int], env: dict[str, str]
+@contextlib.contextmanager
+def section_run(
+    section: str, workdir: Path, ports: dict[str, int], env: dict[str, str], subs: dict[str, str]
 ) -> Iterator[list[tuple[str, str, str]]]:
-    """Every runnable block of the section, in order: (language, code as run, stdout)."""
-    blocks = [
-        (lang, with_ports(code, ports))
-        for lang, code in section_blocks(PAGE.read_text(encoding="utf-8"), SECTION)
-        if lang in ("bash", "python")
-    ]
+    """Every runnable block of `section`, in order, with `subs` applied to its text: (language, code as
+    run, stdout); the `mlserver start` block runs in the background until the caller is done."""
+    blocks = []
+    for lang, code in section_blocks(PAGE.read_text(encoding="utf-8"), section):
+        if lang in ("bash", "python"):
+            for old, new in subs.items():
+                code = code.replace(old, new)
+            blocks.append((lang, with_ports(code, ports)))
     servers = [i for i, (_, code) in enumerate(blocks) if re.search(r"^\s*mlserver start", code, re.M)]
     assert len(servers) == 1, f"expected one block running `mlserver start`, found {len(servers)}"
     results: list[tuple[str, str, str]] = []
@@ -166,6 +176,14 @@ def page_run(
         yield results
     finally:
         stop(proc)
+
+
+@pytest.fixture(scope="module")
+def page_run(
+    workdir: Path, ports: dict[str, int], env: dict[str, str]
+) -> Iterator[list[tuple[str, str, str]]]:
+    with section_run(SECTION, workdir, ports, env, {}) as results:
+        yield results
 
 
 def curl_answer(results: list[tuple[str, str, str]], infer: bool) -> dict[str, Any]:
@@ -230,3 +248,47 @@ def test_the_python_snippet_runs(page_run: list[tuple[str, str, str]]) -> None:
     snippets = [out for lang, _, out in page_run if lang == "python"]
     assert snippets, "the section has no Python snippet"
     assert all(out.strip() for out in snippets)
+
+
+def test_the_registry_section_serves_the_registered_version(
+    mlflow_server: Any, tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]
+) -> None:
+    """ "The same from the registry", against a real `mlflow server`: the page's address replaced by it.
+    The folder section's curl commands then answer from `models:/my-cnn@champion`, resolved to version 1."""
+    server = mlflow_server()
+    workdir = tmp_path_factory.mktemp("own-model-registry")
+    (workdir / ".venv").symlink_to(Path(sys.prefix), target_is_directory=True)
+    (workdir / "examples").symlink_to(ROOT / "examples", target_is_directory=True)
+    ports = {"8080": free_port(), "8081": free_port(), "8082": free_port()}
+    env = {
+        **env,
+        "MLSERVER_HTTP_PORT": str(ports["8080"]),
+        "MLSERVER_GRPC_PORT": str(ports["8081"]),
+        "MLSERVER_METRICS_PORT": str(ports["8082"]),
+        "MLSERVER_TORCHFLOW_MODEL_CACHE": str(workdir / "cache"),
+    }
+    subs = {"http://localhost:5000": server.uri}
+    with section_run("The same from the registry", workdir, ports, env, subs):
+        curls = [
+            with_ports(code, ports)
+            for lang, code in section_blocks(PAGE.read_text(encoding="utf-8"), SECTION)
+            if lang == "bash" and "curl" in code
+        ]
+        answers = [json.loads(run_block("bash", code, workdir, env)) for code in curls]
+    settings = json.loads((workdir / MODEL / "model-settings.json").read_text())
+    assert settings["parameters"]["uri"] == "models:/my-cnn@champion"
+    infer = next(a for a in answers if "outputs" in a and "model_name" in a)
+    metadata = next(a for a in answers if "outputs" in a and "model_name" not in a)
+    assert metadata["parameters"]["torchflow.source.resolved"] == "models:/my-cnn/1"
+    assert metadata["parameters"]["torchflow.warmed_up"] == "true"
+    request = json.loads((workdir / MODEL / "request.json").read_text())
+    arrays = [np.asarray(i["data"], np.float32).reshape(i["shape"]) for i in request["inputs"]]
+    with pytest.MonkeyPatch.context() as mp:
+        client_env(mp, server)  # the registered version, as MLflow itself loads it
+        (workdir / "reference").mkdir()
+        model = mlflow.pytorch.load_model("models:/my-cnn/1", dst_path=str(workdir / "reference"))
+    with torch.inference_mode():
+        expected = model(*(torch.from_numpy(a) for a in arrays))
+    for output in infer["outputs"]:
+        got = np.asarray(output["data"], np.float32).reshape(output["shape"])
+        np.testing.assert_allclose(got, expected[output["name"]].numpy(), rtol=RTOL, atol=ATOL)
