@@ -6,7 +6,9 @@ and of no other (a cache entry is only reused by the backend that compiled it). 
 (`torch._dynamo.utils.counters`, compile callbacks) cannot tell models apart.
 
 Copies of one model share one code object, hence one dynamo cache and one recompile limit (8 by
-default): the limit is raised with the number of copies, or the fifth copy would run eagerly.
+default): the limit is raised with the number of copies, or the fifth copy would run eagerly. torch
+2.13 takes it per call (`torch.compile(recompile_limit=)`); older torch (2.11, the GPU machine's) lacks
+that argument, so there each copy's thread raises dynamo's config (never lowering it).
 `isolate_recompiles` would separate them, but in torch 2.13 it races when copies run on several
 threads (spurious recompiles, and hangs, measured here), so it is not used.
 
@@ -25,6 +27,7 @@ from typing import Any
 import torch
 
 from ..common import logger
+from ..config import TorchFlowSettings
 from ..errors import ModelLoadError
 from ..patches.torch_compile import real_backend
 
@@ -88,6 +91,15 @@ class NewStepEachCall(torch.nn.Module):
         return self.compiled(*args)
 
 
+def uses_cuda_graphs(settings: TorchFlowSettings) -> bool:
+    """Whether the copies record CUDA graphs (inductor's CUDA-graph modes; on CPU they fall back)."""
+    return (
+        settings.compile
+        and settings.compile_backend == "inductor"
+        and settings.compile_mode in CUDA_GRAPH_MODES
+    )
+
+
 RECOMPILE_LIMIT_PER_COPY = 8  # torch._dynamo.config.recompile_limit's default
 
 
@@ -106,13 +118,28 @@ def compile_module(module: Any, backend: CountingBackend, source: str, copies: i
             "compile: false."
         )
     options: dict[str, Any] = {"backend": backend}
-    if "recompile_limit" in inspect.signature(torch.compile).parameters:  # absent from older torch
+    if compile_takes_limit():  # else the copy's thread raised dynamo's config (replica._thread_setup)
         options["recompile_limit"] = RECOMPILE_LIMIT_PER_COPY * copies
     compiled = torch.compile(module, **options)
     assert isinstance(compiled, torch.nn.Module)  # torch.compile of a module returns an OptimizedModule
     if backend.mode in CUDA_GRAPH_MODES:
         return NewStepEachCall(compiled)
     return compiled
+
+
+def compile_takes_limit() -> bool:
+    """Whether `torch.compile` takes `recompile_limit` (torch 2.13; not 2.11)."""
+    return "recompile_limit" in inspect.signature(torch.compile).parameters
+
+
+def raise_recompile_limit(limit: int) -> int:
+    """Dynamo's recompile limit, raised to at least `limit` (`cache_size_limit` before it was renamed);
+    returns the limit in force. Call it on the thread that runs the compiled model: from torch 2.13
+    dynamo's config is a context variable, so a value set on another thread does not apply there."""
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(int(getattr(config, name)), limit))
+    return int(getattr(config, name))
 
 
 def describe(backend: CountingBackend, sizes: tuple[int, ...]) -> str:

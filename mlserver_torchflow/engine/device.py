@@ -15,8 +15,8 @@ _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 def resolve_device(setting: str) -> torch.device:
     """`auto` picks CUDA when present; an explicit CUDA request without CUDA is a load error."""
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if setting == "auto":  # indexed (cuda:0), like an explicit `cuda`: one label, one current device
+        return resolve_device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     device = torch.device(setting)
     if device.type == "cuda":
         if not torch.cuda.is_available():
@@ -35,6 +35,13 @@ def resolve_device(setting: str) -> torch.device:
             )
         device = torch.device("cuda", index)
     return device
+
+
+def bind_thread(device: torch.device) -> None:
+    """Make `device` the current CUDA device of this thread: calls without a device (a synchronize
+    inside inductor, say) then act on the copy's own GPU, not on GPU 0."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
 
 
 def resolve_devices(device: str | None, devices: tuple[str, ...] | None) -> list[torch.device]:

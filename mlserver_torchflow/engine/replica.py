@@ -18,11 +18,19 @@ import torch
 
 from ..common import Named, logger
 from ..config import TorchFlowSettings
+from ..patches.torch_compile import cudagraph_thread_state
 from ..protocol.shapes import ShapeRules
 from ..protocol.signature import Interface
 from .batching import Batcher
-from .compiling import CountingBackend, compile_module
-from .device import DeviceStats, device_stats, target_dtype
+from .compiling import (
+    RECOMPILE_LIMIT_PER_COPY,
+    CountingBackend,
+    compile_module,
+    compile_takes_limit,
+    raise_recompile_limit,
+    uses_cuda_graphs,
+)
+from .device import DeviceStats, bind_thread, device_stats, target_dtype
 from .inference import Predictor
 from .layout import ModelFiles
 from .loading import Format, load_module
@@ -66,6 +74,17 @@ class Replica:
         self.metrics.memory(lambda: device_stats(self.device), every=every)
 
 
+def _thread_setup(device: torch.device, cuda_graphs: bool, recompile_limit: int) -> None:
+    """First thing on a copy's own thread: its GPU is the current one, inductor's CUDA-graph state exists
+    there (patches/torch_compile.py: torch before 2.13 has it only on its import thread), and, where
+    torch.compile takes no per-call limit, dynamo's recompile limit covers every copy."""
+    bind_thread(device)
+    if cuda_graphs:
+        cudagraph_thread_state()
+    if recompile_limit:
+        raise_recompile_limit(recompile_limit)
+
+
 async def load_replica(
     model: str,
     label: str,
@@ -80,7 +99,14 @@ async def load_replica(
     """Load, compile and warm one copy (of `copies`) on its own thread; the thread is shut down if a
     step fails."""
     started = time.monotonic()
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"torchflow-{model}-{label}")
+    graphs = uses_cuda_graphs(settings)
+    limit = RECOMPILE_LIMIT_PER_COPY * copies if settings.compile and not compile_takes_limit() else 0
+    executor = ThreadPoolExecutor(
+        max_workers=1,
+        thread_name_prefix=f"torchflow-{model}-{label}",
+        initializer=_thread_setup,
+        initargs=(device, graphs, limit),
+    )
     loop = asyncio.get_running_loop()
     where = f"in {files.model_dir} on {device}"
     try:
@@ -101,7 +127,10 @@ async def load_replica(
         sizes: tuple[int, ...] = ()
         if backend is not None and settings.warmup:
             wanted = batch_sizes(config)
-            sizes = await run_sizes(predictor.run, executor, wanted, example, interface, where)
+            # CUDA graphs: inductor runs a size eagerly, records it on the second call, replays from the
+            # third; three passes leave no capture to the first live request of each size.
+            passes = 3 if graphs else 1
+            sizes = await run_sizes(predictor.run, executor, wanted, example, interface, where, passes)
             if not sizes:
                 logger.warning(
                     "model %s: compile is on, but neither an input example nor the signature gives the "

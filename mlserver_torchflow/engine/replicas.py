@@ -16,6 +16,7 @@ import torch
 from ..common import Named, rows_of
 from ..config import TorchFlowSettings
 from ..protocol.signature import Interface
+from .compiling import uses_cuda_graphs
 from .device import describe, release, resolve_devices
 from .integrity import check_weights
 from .layout import ModelFiles
@@ -106,13 +107,22 @@ async def load_replicas(
     if settings.verify_weights:  # once per model, however many copies load it
         sniff_format(files.weights)  # a truncated or foreign file is named as such before its members
         await asyncio.to_thread(check_weights, files.weights)
-    results = await asyncio.gather(
-        *(
-            load_replica(model, label, device, files, interface, settings, example, observer, len(devices))
-            for device, label in zip(devices, labels(devices), strict=True)
-        ),
-        return_exceptions=True,
-    )
+    loads = [
+        load_replica(model, label, device, files, interface, settings, example, observer, len(devices))
+        for device, label in zip(devices, labels(devices), strict=True)
+    ]
+    if uses_cuda_graphs(settings):  # captures are process-wide CUDA state: one copy warms up at a time
+        results: list[Replica | BaseException] = []
+        for load in loads:
+            try:
+                results.append(await load)
+            except Exception as err:
+                results.append(err)
+                break
+        for load in loads[len(results) :]:
+            load.close()  # never awaited: nothing to undo
+    else:
+        results = await asyncio.gather(*loads, return_exceptions=True)
     loaded = [r for r in results if isinstance(r, Replica)]
     failures = [r for r in results if isinstance(r, BaseException)]
     if failures:

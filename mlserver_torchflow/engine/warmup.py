@@ -69,8 +69,9 @@ async def run_sizes(
     example: list[np.ndarray] | None,
     interface: Interface,
     where: str,
+    passes: int = 1,
 ) -> tuple[int, ...]:
-    """One pass at each size (each compiles what it needs); returns the sizes that ran."""
+    """`passes` passes at each size (the first compiles what it needs); returns the sizes that ran."""
     loop = asyncio.get_running_loop()
     done: list[int] = []
     for rows in sizes:
@@ -78,7 +79,8 @@ async def run_sizes(
         if arrays is None:
             break
         try:
-            await loop.run_in_executor(executor, run, arrays)
+            for _ in range(passes):
+                await loop.run_in_executor(executor, run, arrays)
         except Exception as err:
             logger.exception("warm-up pass of %d rows failed %s", rows, where)
             raise ModelLoadError(

@@ -94,7 +94,7 @@ PATCH = Patch(
         Target("mlserver.server:MLServer._add_signal_handlers", "mlserver", ("1.7.1",), "51a4567f5523"),
         Target("mlserver.server:MLServer.stop", "mlserver", ("1.7.1",), "6074f4c8a15b"),
         # uvicorn's server: `should_exit`, and `config.timeout_graceful_shutdown` read in `shutdown`.
-        Target("uvicorn.server:Server.shutdown", "uvicorn", ("0.54.0",), "9b33c5056299"),
+        Target("uvicorn.server:Server.shutdown", "uvicorn", ("0.55.0",), "5d01b8b1f116"),
         Target("mlserver.rest.server:RESTServer.stop", "mlserver", ("1.7.1",), "0596af067a23"),
         Target("mlserver.grpc.server:GRPCServer.stop", "mlserver", ("1.7.1",), "c188e291c04e"),
     ),

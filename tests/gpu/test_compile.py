@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,6 +22,9 @@ import torch
 from prometheus_client import REGISTRY
 from torch._dynamo.utils import counters
 
+from mlserver_torchflow.engine import compiling
+from mlserver_torchflow.engine import replica as replica_module
+from mlserver_torchflow.engine.warmup import run_sizes
 from mlserver_torchflow.errors import ModelLoadError
 from tests.conftest import Saved
 from tests.gpu.test_replicas import request
@@ -54,8 +59,18 @@ def rows(n: int, seed: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_inductor_matches_eager_and_is_warmed_before_ready(mlp: dict[str, Saved], device: str) -> None:
+def test_inductor_matches_eager_and_is_warmed_before_ready(
+    mlp: dict[str, Saved], device: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """reduce-overhead: CUDA graphs on a GPU; on CPU inductor skips them and runs its C++ kernels."""
+    passes: list[int] = []
+    real_run_sizes = replica_module.run_sizes
+
+    async def counted(*args: Any) -> tuple[int, ...]:
+        passes.append(args[6] if len(args) > 6 else 1)
+        return await real_run_sizes(*args)
+
+    monkeypatch.setattr(replica_module, "run_sizes", counted)
     model_name = name("inductor")
     before = graphs()
     model = load(
@@ -70,11 +85,17 @@ def test_inductor_matches_eager_and_is_warmed_before_ready(mlp: dict[str, Saved]
     replica = first(model)
     assert replica.warmed_sizes == (4, 8)
     assert graphs() > before, "load() returned before anything was compiled"
+    # The copy's own thread holds inductor's CUDA-graph state (torch 2.11 has it only on its import
+    # thread); a thread of nobody's does not, so the check can fail.
+    assert replica.executor.submit(torch._C._is_key_in_tls, "tree_manager_containers").result()
+    with ThreadPoolExecutor(1) as plain:
+        assert not plain.submit(torch._C._is_key_in_tls, "tree_manager_containers").result()
+    assert passes == [3], "CUDA-graph modes warm each size three times (eager, record, replay)"
     assert "inductor mode=reduce-overhead" in facts(model)["torchflow.compile"]
     for n in (1, 3, 4, 6, 8):
         x = rows(n, n)
         np.testing.assert_allclose(predict(model, x), mlp["pickle"].expected(x), rtol=1e-4, atol=1e-5)
-    assert recompiles(model_name, device) == 0
+    assert recompiles(model_name, first(model).label) == 0
     asyncio.run(model.unload())
 
 
@@ -94,13 +115,13 @@ def test_requests_at_warmed_sizes_never_recompile(mlp: dict[str, Saved], device:
     )
     assert first(model).warmed_sizes == (4, 8, 16)
     assert facts(model)["torchflow.compile"].endswith("warmed rows 4,8,16")
-    assert recompiles(model_name, device) == 0
+    assert recompiles(model_name, first(model).label) == 0
     after_load = graphs()
     for n in (1, 2, 4, 5, 8, 13, 16, 16, 3):
         x = rows(n, n)
         np.testing.assert_allclose(predict(model, x), mlp["pt2"].expected(x), rtol=0.05, atol=0.05)
     assert graphs() == after_load, "a request at a warmed (padded) size compiled a new graph"
-    assert recompiles(model_name, device) == 0
+    assert recompiles(model_name, first(model).label) == 0
     asyncio.run(model.unload())
 
 
@@ -115,14 +136,14 @@ def test_counter_moves_exactly_when_a_graph_is_compiled_after_ready(
         mlp["pickle"].path, model_name, device=device, compile=True, compile_backend="eager", warmup=False
     )
     assert first(model).warmed_sizes == ()
-    assert recompiles(model_name, device) == 0
+    assert recompiles(model_name, first(model).label) == 0
     for n, expect_new_graph in ((3, True), (3, False), (1, True), (1, False)):
-        before, count = graphs(), recompiles(model_name, device) or 0
+        before, count = graphs(), recompiles(model_name, first(model).label) or 0
         x = rows(n, n)
         np.testing.assert_allclose(predict(model, x), mlp["pickle"].expected(x), rtol=1e-5, atol=1e-6)
         compiled = graphs() - before
         assert compiled == int(expect_new_graph), f"{n} rows: dynamo compiled {compiled} graph(s)"
-        assert recompiles(model_name, device) == count + compiled
+        assert recompiles(model_name, first(model).label) == count + compiled
     asyncio.run(model.unload())
 
 
@@ -178,3 +199,101 @@ def test_compiled_copy_is_freed_on_unload(mlp: dict[str, Saved], device: str, tm
     assert asyncio.run(model.unload()) is True
     gc.collect()
     assert compiled() is None, "dynamo's caches keep the unloaded compiled module alive"
+
+
+def test_warm_up_runs_each_size_the_passes_asked(mlp: dict[str, Saved]) -> None:
+    calls: list[int] = []
+    with ThreadPoolExecutor(1) as executor:
+        done = asyncio.run(
+            run_sizes(
+                lambda arrays: calls.append(len(arrays[0])) or [],
+                executor,
+                (2, 4),
+                None,
+                first_interface(mlp),
+                "here",
+                3,
+            )
+        )
+    assert done == (2, 4) and calls == [2, 2, 2, 4, 4, 4]
+
+
+def first_interface(mlp: dict[str, Saved]) -> Any:
+    from mlserver_torchflow.engine.layout import locate
+    from mlserver_torchflow.protocol.signature import interface_from_mlmodel
+
+    return interface_from_mlmodel(locate(str(mlp["pickle"].path)).mlmodel)
+
+
+def test_older_torch_gets_the_recompile_limit_raised_process_wide(
+    mlp: dict[str, Saved], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch 2.11's torch.compile has no recompile_limit argument (a shim of that signature stands in):
+    five copies must still each compile their graphs instead of hitting the shared limit of 8."""
+    real_compile = torch.compile
+
+    def compile_211(model: Any, *, backend: Any = "inductor") -> Any:
+        return real_compile(model, backend=backend)
+
+    config = torch._dynamo.config
+    monkeypatch.setattr(torch, "compile", compile_211)
+    monkeypatch.setattr(config, "recompile_limit", 8)
+    model = load(
+        mlp["pickle"].path,
+        name("limit"),
+        devices=["cpu"] * 5,
+        compile=True,
+        compile_backend="eager",
+        max_batch_size=8,
+        preferred_batch_sizes=[4, 8],
+    )
+    on_threads = [c.executor.submit(lambda: config.recompile_limit).result() for c in model.copies]
+    assert on_threads == [8 * 5] * 5, "dynamo's config is per thread: each copy's own must be raised"
+    # Each copy compiles the same graphs (measured without the raise: [2, 1, 2, 1, 2], past the limit).
+    assert len({c.backend.graphs for c in model.copies}) == 1, [c.backend.graphs for c in model.copies]
+    assert model.copies[0].executor.submit(compiling.raise_recompile_limit, 16).result() == 40, "lowered"
+    asyncio.run(model.unload())
+
+
+def test_copies_that_record_cuda_graphs_warm_up_one_at_a_time(
+    mlp: dict[str, Saved], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Captures are process-wide CUDA state: in CUDA-graph modes the copies load and warm in turn (the
+    CPU twin: inductor's reduce-overhead falls back to plain kernels, the order is the same)."""
+    active, most = 0, 0
+    real_load = replica_module.load_replica
+
+    async def tracked(*args: Any, **kwargs: Any) -> Any:
+        nonlocal active, most
+        active += 1
+        most = max(most, active)
+        try:
+            await asyncio.sleep(0.05)  # overlap, if the loads were gathered
+            return await real_load(*args, **kwargs)
+        finally:
+            active -= 1
+
+    from mlserver_torchflow.engine import replicas
+
+    monkeypatch.setattr(replicas, "load_replica", tracked)
+    model = load(
+        mlp["pickle"].path,
+        name("turns"),
+        devices=["cpu", "cpu"],
+        compile=True,
+        compile_mode="reduce-overhead",
+        warmup=False,
+    )
+    assert len(model.copies) == 2 and most == 1
+    asyncio.run(model.unload())
+    most = 0
+    model = load(
+        mlp["pickle"].path,
+        name("gathered"),
+        devices=["cpu", "cpu"],
+        compile=True,
+        compile_backend="eager",
+        warmup=False,
+    )
+    assert most == 2, "without CUDA graphs the copies load together"
+    asyncio.run(model.unload())

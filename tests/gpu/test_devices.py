@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from mlserver_torchflow.engine.device import resolve_device
+from mlserver_torchflow.engine.replicas import labels
 from tests import builders as b
 from tests.conftest import Saved
 from tests.inprocess import first, load, predict
@@ -36,6 +38,15 @@ def test_loads_onto_the_device_and_matches_the_reference(
 def test_auto_picks_cuda_when_present(mlp: dict[str, Saved], device: str) -> None:
     model = load(mlp["pt2"].path, device="auto")
     assert first(model).device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_auto_and_cuda_name_one_indexed_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`auto` on a GPU host is `cuda:0`, like an explicit `cuda`: one metrics label, one current device.
+    No GPU exists here: `torch.cuda` says there is one (a mock, for what cannot exist on CI)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert str(resolve_device("auto")) == str(resolve_device("cuda")) == "cuda:0"
+    assert labels([resolve_device("auto"), resolve_device("cuda")]) == ["cuda:0#0", "cuda:0#1"]
 
 
 @pytest.mark.parametrize("device", DEVICES)
