@@ -14,6 +14,7 @@ from mlserver_torchflow.engine.device import resolve_device
 from mlserver_torchflow.engine.replicas import labels
 from tests import builders as b
 from tests.conftest import Saved
+from tests.gpu.memory import device_bytes
 from tests.inprocess import first, load, predict
 
 DEVICES = [
@@ -32,12 +33,14 @@ def test_loads_onto_the_device_and_matches_the_reference(
     assert weight.device.type == device
     x = np.random.default_rng(0).random((16, 4), dtype=np.float32)
     np.testing.assert_allclose(predict(model, x), mlp[fmt].expected(x), rtol=1e-4, atol=1e-5)
+    asyncio.run(model.unload())  # nothing left loaded to shift a later test's memory baseline
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_auto_picks_cuda_when_present(mlp: dict[str, Saved], device: str) -> None:
     model = load(mlp["pt2"].path, device="auto")
     assert first(model).device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    asyncio.run(model.unload())  # nothing left loaded to shift a later test's memory baseline
 
 
 def test_auto_and_cuda_name_one_indexed_device(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -55,16 +58,15 @@ def test_weights_are_cast(mlp: dict[str, Saved], device: str, dtype: str) -> Non
     model = load(mlp["pickle"].path, device=device, dtype=dtype)
     assert {p.dtype for p in first(model).predictor.module.parameters()} == {getattr(torch, dtype)}
     assert first(model).predictor.float_dtype == getattr(torch, dtype)
+    asyncio.run(model.unload())  # nothing left loaded to shift a later test's memory baseline
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_unload_returns_device_memory(mlp: dict[str, Saved], device: str) -> None:
-    def in_use() -> int:
-        return torch.cuda.memory_allocated() if device == "cuda" else 0
-
-    baseline = in_use()
+    asyncio.run(load(mlp["pt2"].path, device=device).unload())  # what stays for the process stays
+    baseline = device_bytes(device)[0]
     model = load(mlp["pt2"].path, device=device)
-    assert in_use() > baseline or device == "cpu"
+    assert device_bytes(device)[0] > baseline or device == "cpu"
     assert asyncio.run(model.unload()) is True
     assert model.copies == ()
-    assert in_use() == baseline
+    assert device_bytes(device)[0] == baseline
