@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 from ..common import Named
 from ..errors import ModelExecutionError
 from ..protocol.signature import Interface
-from .device import after_out_of_memory, is_out_of_memory
+from .device import after_out_of_memory, is_out_of_memory, synchronize
 from .precision import Precision
 from .transfers import Transfers
 
@@ -36,6 +37,9 @@ class Predictor:
         try:
             return self._run(arrays)
         except Exception as err:
+            # The failed pass's copies out of the pinned staging buffers may still be queued: the next
+            # pass (a retry, the requests one by one) must not overwrite them under the device's feet.
+            _settle(self.device)
             if not is_out_of_memory(err):
                 raise
             failure = err.with_traceback(None)
@@ -86,3 +90,9 @@ def _weights_float_dtype(module: Any) -> torch.dtype | None:
         if callable(getter):
             tensors += list(getter())
     return next((t.dtype for t in tensors if t.is_floating_point()), None)
+
+
+def _settle(device: torch.device) -> None:
+    """Wait for the device's queued work after a failed pass; a device too broken to sync raises later."""
+    with contextlib.suppress(Exception):  # a sticky CUDA error: the retry will report it
+        synchronize(device)

@@ -115,3 +115,27 @@ def test_several_outputs_come_back_together(device: str) -> None:
     np.testing.assert_allclose(got["logits"], expected["logits"], rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(got["label"], expected["label"])
     assert got["label"].dtype == np.int64
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_failed_pass_waits_for_its_copies_before_the_next_one(
+    device: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A forward that raises after its inputs were queued from the staging buffers: the device is synced
+    before the error leaves, so a retry cannot overwrite a buffer a copy still reads. On CPU the sync is
+    counted (there is nothing to wait for); on CUDA it also runs."""
+    from mlserver_torchflow.engine import inference
+
+    synced: list[str] = []
+    real = inference.synchronize
+    monkeypatch.setattr(inference, "synchronize", lambda d: synced.append(str(d)) or real(d))
+
+    class Fails(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise ValueError("the model's own bug")
+
+    predictor = Predictor(Fails(), torch.device(device), None, Interface(None, None))
+    predictor.transfers = Transfers(torch.device(device), pin=device != "cpu", stage=True)
+    with pytest.raises(ValueError, match="own bug"):
+        predictor.run([np.ones((2, 4), np.float32)])
+    assert synced == [str(torch.device(device))]
