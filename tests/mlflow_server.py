@@ -34,9 +34,7 @@ import base64
 import contextlib
 import json
 import os
-import signal
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -47,7 +45,7 @@ import pytest
 
 from tests import client_envs
 from tests import s3 as s3_helpers
-from tests.server import free_port
+from tests.server import free_port, stop_group, wait_http
 
 ARTIFACTS = ("proxied", "s3")
 ADMIN_USERNAME = "admin"
@@ -205,21 +203,10 @@ class MlflowServer:
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
         """Until GET /health answers 200; raises with the server's output when it exits or times out."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"mlflow server exited with {self.proc.returncode}: {self.command()}\n{self.log()[-6000:]}"
-                )
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"mlflow server not healthy after {timeout} s:\n{self.log()[-6000:]}")
-            time.sleep(0.2)
+        assert self.proc is not None, "start() first"
+        wait_http(
+            f"{self.uri}/health", self.proc, self.log_path, f"mlflow server ({self.command()})", timeout
+        )
 
     @contextlib.contextmanager
     def running(self, timeout: float = START_TIMEOUT) -> Iterator[MlflowServer]:
@@ -232,21 +219,8 @@ class MlflowServer:
             self.stop()
 
     def stop(self) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        # uvicorn may outlive the CLI process that started it: finish the whole group.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        return self.proc.returncode
+        # stop_group also finishes uvicorn, which may outlive the CLI process that started it.
+        return None if self.proc is None else stop_group(self.proc)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

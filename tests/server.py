@@ -39,6 +39,44 @@ def write_model_settings(
     (folder / "model-settings.json").write_text(json.dumps(settings))
 
 
+def stop_group(proc: subprocess.Popen[bytes], grace: float = 20) -> int:
+    """SIGTERM to the process group started with `start_new_session`, SIGKILL after `grace` seconds, and
+    SIGKILL to what is left of the group (a child that outlived its parent); returns the exit code."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    return proc.returncode
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, what: str, timeout: float) -> None:
+    """Until GET `url` answers 200; raises with the last of `log` when `proc` exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{_tail(log)}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not ready after {timeout} s:\n{_tail(log)}")
+        time.sleep(0.3)
+
+
+def _tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-6000:] if log.exists() else ""
+
+
 class Server:
     """Starts MLServer over `models_dir`; `ready` waits until every named model answers ready."""
 
@@ -100,16 +138,7 @@ class Server:
             self.stop()
 
     def stop(self) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        return self.proc.returncode
+        return None if self.proc is None else stop_group(self.proc)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -26,12 +26,8 @@ import contextlib
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,7 +38,7 @@ import pytest
 import torch
 
 from tests.mlflow_server import client_env
-from tests.server import free_port
+from tests.server import free_port, stop_group, wait_http
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGE = ROOT / "docs" / "own-model.md"
@@ -113,34 +109,6 @@ def run_block(lang: str, code: str, cwd: Path, env: dict[str, str]) -> str:
     return done.stdout
 
 
-def wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise AssertionError(
-                f"the page's server exited with {proc.returncode}:\n{log.read_text()[-4000:]}"
-            )
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/models/{MODEL}/ready", timeout=5) as r:
-                if r.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError):
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not ready after {timeout}s:\n{log.read_text()[-4000:]}")
-        time.sleep(0.5)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 @contextlib.contextmanager
 def section_run(
     section: str, workdir: Path, ports: dict[str, int], env: dict[str, str], subs: dict[str, str]
@@ -169,13 +137,15 @@ def section_run(
             start_new_session=True,
         )
     try:
-        wait_ready(proc, ports["8080"], log)
+        wait_http(
+            f"http://127.0.0.1:{ports['8080']}/v2/models/{MODEL}/ready", proc, log, "the page's server", 300
+        )
         results.append(("bash", blocks[servers[0]][1], ""))
         for lang, code in blocks[servers[0] + 1 :]:
             results.append((lang, code, run_block(lang, code, workdir, env)))
         yield results
     finally:
-        stop(proc)
+        stop_group(proc, grace=30)
 
 
 @pytest.fixture(scope="module")
