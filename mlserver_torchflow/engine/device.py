@@ -80,10 +80,15 @@ def release(device: torch.device) -> None:
 
 
 def is_out_of_memory(err: BaseException) -> bool:
-    """A CUDA OOM, or the CPU allocator failing: both mean "try fewer rows"."""
+    """A CUDA OOM, or the CPU allocator failing: both mean "try fewer rows". An allocation that fails
+    inside a CUDA-graph capture or instantiation comes back as a plain RuntimeError naming CUDA's
+    error (`CUDA error: out of memory`, `cudaErrorMemoryAllocation`), not as OutOfMemoryError."""
     if isinstance(err, torch.cuda.OutOfMemoryError):
         return True
-    return isinstance(err, RuntimeError) and "can't allocate memory" in str(err)
+    return isinstance(err, RuntimeError) and any(sign in str(err) for sign in _OOM_SIGNS)
+
+
+_OOM_SIGNS = ("can't allocate memory", "CUDA error: out of memory", "cudaErrorMemoryAllocation")
 
 
 def after_out_of_memory(device: torch.device) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from mlserver_torchflow.engine.device import resolve_device
+from mlserver_torchflow.engine.device import is_out_of_memory, resolve_device
 from mlserver_torchflow.engine.replicas import labels
 from tests import builders as b
 from tests.conftest import Saved
@@ -70,3 +70,21 @@ def test_unload_returns_device_memory(mlp: dict[str, Saved], device: str) -> Non
     assert asyncio.run(model.unload()) is True
     assert model.copies == ()
     assert device_bytes(device)[0] == baseline
+
+
+@pytest.mark.parametrize(
+    ("err", "oom"),
+    [
+        (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), True),
+        (RuntimeError("CUDA error: out of memory\nCompile with TORCH_USE_CUDA_DSA"), True),  # a graph capture
+        (RuntimeError("cudaErrorMemoryAllocation: instantiating the graph"), True),
+        (
+            RuntimeError("[enforce fail at alloc_cpu.cpp:118] DefaultCPUAllocator: can't allocate memory"),
+            True,
+        ),
+        (RuntimeError("CUDA error: an illegal memory access was encountered"), False),
+        (ValueError("out of memory"), False),
+    ],
+)
+def test_every_form_of_out_of_memory_halves_the_batch(err: BaseException, oom: bool) -> None:
+    assert is_out_of_memory(err) is oom
