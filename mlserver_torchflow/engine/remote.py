@@ -122,7 +122,14 @@ async def fetch(
         seconds=time.monotonic() - started,
     )
     how = "reused the cached copy" if fetched.cached else "downloaded"
-    logger.info("model URI %s resolved to %s: %s %s", uri, fetched.resolved, how, fetched.path)
+    logger.info(
+        "model URI %s resolved to %s: %s %s in %.1fs",
+        uri,
+        fetched.resolved,
+        how,
+        fetched.path,
+        fetched.seconds,
+    )
     return fetched
 
 

@@ -62,7 +62,8 @@ def _resolve(uri: str, tracking: str, registry: str) -> dict[str, Any]:
         return {"key": _key("models", registry, m["id"]), "resolved": uri, "logged_model": m["id"]}
     if m := _PINNED_VERSION.match(uri):
         name, version = m["name"], m["version"]
-        return {"key": _key("models", registry, name, version), "resolved": uri, "name": name}
+        key = _key("models", registry, name, version)
+        return {"key": key, "resolved": uri, "name": name, "version": version}
     if uri.startswith("models:"):
         client = MlflowClient(tracking_uri=tracking, registry_uri=registry)
         got = get_model_name_and_version(client, uri)
@@ -70,7 +71,8 @@ def _resolve(uri: str, tracking: str, registry: str) -> dict[str, Any]:
             return {"key": _key("models", registry, got[0]), "resolved": f"models:/{got[0]}"}
         name, version = got
         resolved = f"models:/{name}/{version}"
-        return {"key": _key("models", registry, name, version), "resolved": resolved, "name": name}
+        key = _key("models", registry, name, version)
+        return {"key": key, "resolved": resolved, "name": name, "version": version}
     if m := _RUN.match(uri):
         return {"key": _key("runs", tracking, m["run"], m["path"] or ""), "resolved": uri, "run": m["run"]}
     return {"key": _key("artifacts", uri, *_listing(uri)), "resolved": uri}
@@ -85,8 +87,7 @@ def _download(
     client = MlflowClient(tracking_uri=tracking, registry_uri=registry)
     facts: dict[str, Any] = {"uri": uri, "resolved": resolved["resolved"], "version": None}
     if "name" in resolved:
-        name, version = resolved["resolved"].removeprefix("models:/").rsplit("/", 1)
-        mv = client.get_model_version(name, version)
+        mv = client.get_model_version(resolved["name"], resolved["version"])
         facts.update(version=str(mv.version), run_id=mv.run_id or None, source=mv.source)
     elif "logged_model" in resolved:
         logged = client.get_logged_model(resolved["logged_model"])
