@@ -5,10 +5,11 @@
     python benchmarks/device_probe.py stages  [--scale full|tiny]   # one ResNet-50 batch, stage by stage
 
 On CPU (the CI dry run) each runs the same code where it can and says what it could not measure.
-`stages` times what one served batch costs, in the runtime's own order: pad (merge the requests' rows and
-zero-pad to the batch size, engine/merging.py), stage (into the pinned buffer), copy in, forward, copy out;
-each stage synchronised and timed on the monotonic clock, the median of `--repeats`, plus torch.profiler's
-top operators of one pass (written beside, with `--trace`, as a Chrome trace).
+`stages` times what one served batch costs, in the runtime's own order: stage (each request's rows written
+once into the pinned buffer, padding zeroed: engine/transfers.py), copy in, forward, copy out; each stage
+synchronised and timed on the monotonic clock, the median of `--repeats`; then the milliseconds per batch
+one after another and pipelined (two slots in flight), and torch.profiler's top operators of one pass
+(written beside, with `--trace`, as a Chrome trace).
 """
 
 from __future__ import annotations
@@ -97,40 +98,43 @@ def graphs() -> dict[str, Any]:
 def stages(scale: str, rows: int, repeats: int, trace: Path | None) -> dict[str, Any]:
     from gpu_models import specs
 
-    from mlserver_torchflow.engine.merging import concatenate
+    from mlserver_torchflow.engine.inference import Predictor
+    from mlserver_torchflow.engine.transfers import Transfers
+    from mlserver_torchflow.protocol.signature import Interface
 
     device = _device()
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     spec = specs(scale)["resnet50"]
     model = spec.build().to(device=device, dtype=dtype).eval()
     requests = [[spec.inputs(1, seed)] for seed in range(rows - 3)]  # 3 rows short: the pad pads
-    staging = torch.empty((rows, *spec.row_shape), dtype=dtype, pin_memory=device.type == "cuda")
-    times: dict[str, list[float]] = {k: [] for k in ("pad", "stage", "copy_in", "forward", "copy_out")}
+    predictor = Predictor(model, device, dtype, Interface(None, None))
+    # On CPU the staging path runs unpinned, without streams (its tests' twin).
+    predictor.transfers = t = Transfers(device, pin=device.type == "cuda", stage=True)
+    times: dict[str, list[float]] = {k: [] for k in ("stage", "copy_in", "forward", "copy_out")}
     with torch.inference_mode():
         for i in range(repeats + 2):
+            slot = t.acquire()
             t0 = time.monotonic()
-            batch = concatenate(requests, rows)[0].astype(
-                np.float16 if dtype == torch.float16 else np.float32
-            )
+            # The runtime's own write: each request's rows once into pinned memory, padding zeroed.
+            staged = t._write(slot, 0, [r[0] for r in requests], rows, dtype)
             t1 = time.monotonic()
-            staging.copy_(torch.from_numpy(batch))
-            t2 = time.monotonic()
-            x = staging.to(device, non_blocking=True)
+            x = staged.to(device, non_blocking=True)
             _sync(device)
-            t3 = time.monotonic()
+            t2 = time.monotonic()
             y = model(x)
             _sync(device)
+            t3 = time.monotonic()
+            t.finish(slot, t.start_out(slot, [y]), [torch.float32])
+            t.release(slot)
             t4 = time.monotonic()
-            y.cpu()
-            t5 = time.monotonic()
             if i >= 2:  # two warm-up passes
-                for key, took in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
+                for key, took in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
                     times[key].append(took * 1e3)
         activities = [torch.profiler.ProfilerActivity.CPU]
         if device.type == "cuda":
             activities.append(torch.profiler.ProfilerActivity.CUDA)
         with torch.profiler.profile(activities=activities) as prof:
-            model(staging.to(device, non_blocking=True)).cpu()
+            predictor.finish(predictor.launch(requests, rows))
     if trace is not None:
         prof.export_chrome_trace(str(trace))
     sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
@@ -139,10 +143,30 @@ def stages(scale: str, rows: int, repeats: int, trace: Path | None) -> dict[str,
         "dtype": str(dtype).removeprefix("torch."),
         "model": spec.name,
         "rows": rows,
-        "input_mb": round(staging.numel() * staging.element_size() / 2**20, 2),
+        "input_mb": round(staged.numel() * staged.element_size() / 2**20, 2),
         "median_ms": {k: round(statistics.median(v), 3) for k, v in times.items()},
+        "per_batch_ms": _pipelined(predictor, requests, rows, max(repeats, 4)),
         "profile_top": prof.key_averages().table(sort_by=sort, row_limit=12),
     }
+
+
+def _pipelined(predictor: Any, requests: list[list[np.ndarray]], rows: int, batches: int) -> dict[str, float]:
+    """Milliseconds per batch over `batches` batches: one after another (stage, compute, copy back,
+    then the next), and pipelined as the runtime serves them (launched on this thread, finished on
+    another, two slots in flight)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    started = time.monotonic()
+    for _ in range(batches):
+        predictor.finish(predictor.launch(requests, rows))
+    sequential = (time.monotonic() - started) / batches
+    with ThreadPoolExecutor(max_workers=1) as collector:
+        started = time.monotonic()
+        done = [collector.submit(predictor.finish, predictor.launch(requests, rows)) for _ in range(batches)]
+        for future in done:
+            future.result()
+        pipelined = (time.monotonic() - started) / batches
+    return {"sequential": round(sequential * 1e3, 3), "pipelined": round(pipelined * 1e3, 3)}
 
 
 def main() -> None:

@@ -91,6 +91,21 @@ class TorchFlowSettings(BaseSettings):
     """`cast`: floating weights and inputs are cast to `dtype` at load. `autocast`: weights stay fp32
     and each forward pass runs under `torch.autocast(device, dtype)` (needs a `dtype`)."""
 
+    channels_last: bool = False
+    """Keep the weights and the 4-D floating inputs in channels-last (NHWC) memory order: the layout
+    tensor cores' convolutions want, often faster for fp16/bf16 conv nets on a GPU. The same values up
+    to the rounding of another algorithm (docs/gpu.md); on CPU each 4-D input costs a host copy."""
+
+    cudnn_benchmark: bool = False
+    """Let cuDNN time its algorithms for each new input shape and keep the fastest (per process: on
+    for every model here once one turns it on). Fastest with fixed shapes: the warm-up pays the timing
+    for its batch sizes, any other row count pays it on its first request (docs/gpu.md)."""
+
+    tf32: Literal["keep", "on", "off"] = "keep"
+    """TF32 for FP32 matmuls and convolutions on Ampere and later GPUs (per process): `on` trades a
+    10-bit mantissa (a relative error near 1e-3) for up to 8x the FP32 throughput; `off` keeps full
+    FP32; `keep` leaves torch's defaults (matmuls off, convolutions on). Not used by fp16/bf16."""
+
     compile: bool = False
     """`torch.compile` the loaded module (pickle and pt2; TorchScript is a load error) and compile
     every batch size a batch can have before reporting ready (see docs/gpu.md)."""

@@ -22,7 +22,8 @@ from ..config import BatchConfig
 from ..errors import QueueFull, RequestTooLarge, Unloading
 from .dispatch import Arrivals, CoreUse, hold, stage_next
 from .merging import BatchKey, batch_key
-from .passes import Passes, RunFn, deliver
+from .offload import Pipeline, RunFn
+from .passes import Passes, deliver
 from .phases import BatchObserver, Phases
 from .queueing import LevelQueue, Queued, level_of, timeout_of
 
@@ -37,6 +38,7 @@ class Batcher:
         config: BatchConfig,
         metrics: BatchObserver,
         device_type: str = "cpu",
+        pipeline: Pipeline | None = None,
     ) -> None:
         self.config = config
         self._metrics = metrics
@@ -45,7 +47,7 @@ class Batcher:
             declared = False  # kernels run on the GPU; the host thread's CPU time is spent spinning in syncs
         self.core = CoreUse(declared)
         self._arrivals = Arrivals()
-        self._passes = Passes(run, executor, config, metrics, self.core, self._wake_up)
+        self._passes = Passes(run, executor, config, metrics, self.core, self._wake_up, pipeline)
         self._queue = LevelQueue(config)
         self._in_flight = 0
         self._running_ends = 0.0  # when the passes in flight are expected to be done (monotonic)
@@ -166,8 +168,10 @@ class Batcher:
         freed = self._freed  # waiting behind a pass is not waiting for company
         if self._in_flight:  # off-core, a pass running: hand over just before it ends (dispatch.stage_next),
             # full or not: a request of a higher priority level may still come
-            # early enough for the fit's usual miss, never more than a quarter of the pass
-            lead = min(LEAD + 2 * cost.spread(), 0.25 * cost.predict(rows))
+            # early enough for the fit's usual miss, never more than a quarter of the pass; a pipeline
+            # also needs the time to stage the batch, so that its copy in overlaps the running pass
+            staging = self._passes.staging(first.key).predict(rows)
+            lead = min(LEAD + 2 * cost.spread(), 0.25 * cost.predict(rows)) + staging
             if not stage_next(now, self._running_ends, lead):
                 return self._running_ends - lead - now
             freed = self._running_ends - lead

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -108,9 +110,79 @@ def memory_in_use(device: torch.device) -> int:
 
 
 def synchronize(device: torch.device) -> None:
-    """Wait for the device's queued work (copies included); nothing to wait for on CPU."""
+    """Wait for the device's queued work on every stream (copies included); nothing to wait for on CPU."""
     if device.type == "cuda":
-        torch.cuda.current_stream(device).synchronize()
+        torch.cuda.synchronize(device)
+
+
+class Lanes:
+    """One model copy's CUDA streams, `in`, `compute` and `out`, and the events that order them.
+    Elsewhere there are none: each step runs at once, in order, and every event is already done."""
+
+    NAMES = ("in", "compute", "out")
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self._streams = {n: torch.cuda.Stream(device) for n in self.NAMES} if self.cuda else {}
+
+    def on(self, lane: str) -> contextlib.AbstractContextManager[Any]:
+        """Work queued inside runs on `lane`'s stream."""
+        return torch.cuda.stream(self._streams[lane]) if self.cuda else contextlib.nullcontext()
+
+    def mark(self, lane: str, timing: bool = False) -> Any:
+        """An event at the current end of `lane`'s work (None off CUDA: nothing is pending)."""
+        if not self.cuda:
+            return None
+        event = torch.cuda.Event(enable_timing=timing)
+        event.record(self._streams[lane])
+        return event
+
+    def wait(self, lane: str, event: Any) -> None:
+        """`lane`'s later work starts after `event` (the host does not wait)."""
+        if event is not None:
+            self._streams[lane].wait_event(event)
+
+    def keep(self, tensor: torch.Tensor, lane: str) -> None:
+        """The allocator must not reuse `tensor`'s memory before `lane`'s work queued so far is done."""
+        if self.cuda and tensor.is_cuda:
+            tensor.record_stream(self._streams[lane])
+
+    @staticmethod
+    def wait_host(event: Any) -> None:
+        """Block this thread (not the GIL: CUDA's wait releases it) until `event` is done."""
+        if event is not None:
+            event.synchronize()
+
+    @staticmethod
+    def elapsed(start: Any, end: Any) -> float | None:
+        """Seconds on the device between two timing events that are done; None off CUDA."""
+        if start is None or end is None:
+            return None
+        return float(start.elapsed_time(end)) / 1000.0
+
+
+_TF32: dict[str, bool] = {}  # model -> its tf32 choice, for the models that made one
+
+
+def set_math_flags(model: str, cudnn_benchmark: bool, tf32: str) -> str | None:
+    """Apply a model's choices of CUDA's per-process math flags. `cudnn_benchmark` only turns the
+    autotuner on, never off (another model may rely on it). Returns a warning when another model made
+    the other TF32 choice: the flag is per process, so the last load wins for both."""
+    if cudnn_benchmark:
+        torch.backends.cudnn.benchmark = True
+    if tf32 == "keep":
+        return None
+    allow = tf32 == "on"
+    torch.backends.cuda.matmul.allow_tf32 = allow
+    torch.backends.cudnn.allow_tf32 = allow
+    others = sorted(m for m, v in _TF32.items() if v != allow and m != model)
+    _TF32[model] = allow
+    if not others:
+        return None
+    return (
+        f"model {model} sets tf32 {tf32}, and {', '.join(others)} chose otherwise: TF32 is one switch "
+        "per process, so every model here now runs with tf32 " + tf32
+    )
 
 
 @dataclass(frozen=True)

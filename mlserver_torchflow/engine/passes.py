@@ -5,6 +5,10 @@ device memory is halved; outputs without a batch dimension turn batching off. Ea
 own thread feeds the cost model per batch shape (dispatch.CostModel) and the measure of whether the
 device computes on our cores (dispatch.CoreUse). A pass that runs past `execution_timeout` marks the
 copy unhealthy until it returns.
+
+On a device that stages (a `Pipeline`: CUDA), the requests' rows go to the executor thread unjoined,
+to be written once into pinned staging there; the pass is launched on that thread and finished on the
+collector thread, so the next batch is staged while this one computes (engine/transfers.py).
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ import asyncio
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import Any
 
 import numpy as np
 
@@ -23,10 +26,11 @@ from ..errors import ExecutionTimeout, RequestTooLarge
 from .device import is_out_of_memory
 from .dispatch import CoreUse, CostModel
 from .merging import BatchKey, batch_key, concatenate, has_batch_dimension, join, padded_rows, split
+from .offload import Offload, Pipeline, RunFn, measured
 from .phases import BatchObserver, Phases
 from .queueing import Queued
 
-RunFn = Callable[[list[np.ndarray]], Named]
+Parts = list[list[np.ndarray]]  # each request's inputs
 MAX_SHAPES = 64  # batch shapes whose cost is remembered
 
 
@@ -39,25 +43,25 @@ class Passes:
         metrics: BatchObserver,
         core: CoreUse,
         recovered: Callable[[], None],
+        pipeline: Pipeline | None = None,
     ) -> None:
         self._run = run
-        self._executor = executor
+        self._pipelined = pipeline is not None
+        self._offload = Offload(run, executor, pipeline, recovered)
         self.config = config
         self._metrics = metrics
         self.core = core
-        self._recovered = recovered
         self._costs: dict[BatchKey, CostModel] = {}
+        self._stagings: dict[BatchKey, CostModel] = {}  # pipelined: the executor thread's part of a pass
         self.splittable = True  # false once a model returns outputs without a batch dimension
-        self.healthy = True  # false while a pass that ran past execution_timeout has not returned
-        self._on_threads = 0  # passes handed to the model's thread and not yet back
 
     def cost(self, key: BatchKey) -> CostModel:
-        cost = self._costs.get(key)
-        if cost is None:
-            if len(self._costs) >= MAX_SHAPES:
-                self._costs.pop(next(iter(self._costs)))
-            cost = self._costs[key] = CostModel()
-        return cost
+        return _model(self._costs, key)
+
+    def staging(self, key: BatchKey) -> CostModel:
+        """Pipelined: the time to stage and launch a batch, which must start before the running pass
+        ends for the device not to wait (no samples otherwise: it predicts 0)."""
+        return _model(self._stagings, key)
 
     def fits(self) -> list[tuple[float, float]]:
         return [c.fit() for c in self._costs.values() if c.known]
@@ -98,11 +102,14 @@ class Passes:
         """One pass over the concatenated rows; on out-of-memory, halves and retries."""
         rows = sum(i.rows for i in items)
         padded = padded_rows(rows, self.config.preferred_batch_sizes) if self.splittable else rows
-        merge_at = time.monotonic()
-        arrays = concatenate([i.arrays for i in items], padded)
-        phases.compute_input += time.monotonic() - merge_at
+        parts = [i.arrays for i in items]
+        count: int | None = padded
+        if not self._pipelined:  # joined here; a pipeline writes the rows once, into its staging
+            merge_at = time.monotonic()
+            parts, count = [concatenate(parts, padded)], None
+            phases.compute_input += time.monotonic() - merge_at
         try:
-            outputs = await self._timed(arrays, padded, phases, items[0].key, inline)
+            outputs = await self._timed(parts, count, padded, phases, items[0].key, inline)
         except Exception as err:
             if not is_out_of_memory(err):
                 raise
@@ -113,7 +120,7 @@ class Passes:
                 ) from err
             outputs = None
         if outputs is None:  # out of memory: halve, outside the handler, with the batch's copy gone
-            del arrays
+            del parts
             return await self._halves(items, rows, phases)
         if not has_batch_dimension(outputs, padded):
             if len(items) > 1 or padded > rows:
@@ -139,22 +146,26 @@ class Passes:
 
     async def _timed(
         self,
-        arrays: list[np.ndarray],
+        parts: Parts,
+        count: int | None,
         rows: int,
         phases: Phases,
         key: BatchKey | None = None,
         inline: bool = True,
     ) -> Named:
+        """One pass over `parts` padded to `count` rows (None: one request's inputs as they are)."""
         started = time.monotonic()
         limit = self.config.execution_timeout
         if inline and self.may_inline(key, rows):
-            outputs, cpu, wall = _measured(self._run, arrays)
+            (outputs, cpu, wall), staged = measured(self._run, parts[0]), None
         else:
-            outputs, cpu, wall = await self._on_thread(arrays, rows, limit)
+            outputs, cpu, wall, staged = await self._offload.run(parts, count, rows, limit)
         seconds = time.monotonic() - started
         self.core.observe(cpu, wall)
-        if key is not None:  # the pass's own time, on its thread: what the device costs
+        if key is not None:  # the pass's own time, on its threads and device: what the device costs
             self.cost(key).observe(rows, wall)
+            if staged is not None:
+                self.staging(key).observe(rows, staged)
         self._metrics.batch(rows, seconds)
         phases.compute_infer += seconds
         phases.rows = max(phases.rows, rows)
@@ -167,64 +178,24 @@ class Passes:
         wake-ups, more than a small CPU model's whole pass. The batcher also checks that nobody else is
         waiting: the loop takes no requests in meanwhile, so under load they would never form a batch."""
         threshold = self.config.inline_pass_seconds
-        if not threshold or self.config.execution_timeout or self._on_threads or key is None:
+        busy = self._offload.busy or self._pipelined
+        if not threshold or self.config.execution_timeout or busy or key is None:
             return False
         cost = self._costs.get(key)
         return cost is not None and cost.known and self.core.on_core and cost.predict(rows) <= threshold
 
-    async def _on_thread(
-        self, arrays: list[np.ndarray], rows: int, limit: float
-    ) -> tuple[Named, float, float]:
-        loop = asyncio.get_running_loop()
-        self._on_threads += 1
-        try:
-            running = loop.run_in_executor(self._executor, _measured, self._run, arrays)
-            if not limit:
-                return await running
-            try:
-                return await asyncio.wait_for(asyncio.shield(running), limit)
-            except TimeoutError:
-                raise self._hung(running, rows, limit) from None
-        finally:
-            self._on_threads -= 1
-
-    async def run_alone(self, arrays: list[np.ndarray], phases: Phases) -> Named:
-        outputs = await self._timed(arrays, rows_of(arrays), phases, batch_key(arrays))
-        self._metrics.executed(phases)
-        return outputs
-
-    def _hung(self, running: asyncio.Future[Any], rows: int, limit: float) -> ExecutionTimeout:
-        """Mark this copy unhealthy until the pass returns (its result is dropped then)."""
-        self.healthy = False
-        started = time.monotonic() - limit
-        logger.error(
-            "a forward pass of %d rows has run for %.1fs, past execution_timeout: this copy is unhealthy "
-            "(readiness false) until it returns",
-            rows,
-            limit,
-        )
-
-        def recovered(done: asyncio.Future[Any]) -> None:
-            self.healthy = True
-            if not done.cancelled():
-                done.exception()  # retrieved: a late failure is not "never retrieved"
-            logger.warning(
-                "the forward pass that hung returned after %.1fs: this copy is healthy again",
-                time.monotonic() - started,
-            )
-            self._recovered()
-
-        running.add_done_callback(recovered)
-        return ExecutionTimeout(
-            f"the model's forward pass ran past execution_timeout ({limit}s) and was not answered; retry it "
-            "(another replica may serve it)."
-        )
+    @property
+    def healthy(self) -> bool:
+        """False while a pass that ran past execution_timeout has not returned."""
+        return self._offload.healthy
 
     def still_hung(self) -> ExecutionTimeout:
-        return ExecutionTimeout(
-            "this model copy's last forward pass ran past execution_timeout and has not returned; retry "
-            "later or on another replica."
-        )
+        return self._offload.still_hung()
+
+    async def run_alone(self, arrays: list[np.ndarray], phases: Phases) -> Named:
+        outputs = await self._timed([arrays], None, rows_of(arrays), phases, batch_key(arrays))
+        self._metrics.executed(phases)
+        return outputs
 
 
 def _account(request: Phases, batch: Phases) -> None:
@@ -244,8 +215,10 @@ def deliver(item: Queued, result: Named | BaseException) -> None:
         item.future.set_result(result)
 
 
-def _measured(run: RunFn, arrays: list[np.ndarray]) -> tuple[Named, float, float]:
-    """On the executor thread: the outputs, and the pass's CPU and wall seconds on this thread."""
-    cpu, wall = time.thread_time(), time.perf_counter()
-    outputs = run(arrays)
-    return outputs, time.thread_time() - cpu, time.perf_counter() - wall
+def _model(models: dict[BatchKey, CostModel], key: BatchKey) -> CostModel:
+    model = models.get(key)
+    if model is None:
+        if len(models) >= MAX_SHAPES:
+            models.pop(next(iter(models)))
+        model = models[key] = CostModel()
+    return model

@@ -61,6 +61,7 @@ class Replica:
     label: str  # the metrics' device label: `cuda:1`, or `cpu#0` / `cpu#1` for copies on one device
     predictor: Predictor
     executor: ThreadPoolExecutor
+    collector: ThreadPoolExecutor | None  # finishes the passes of a staging device (engine/transfers.py)
     batcher: Batcher
     metrics: CopyObserver
     format: Format
@@ -73,6 +74,12 @@ class Replica:
     def sample(self, every: float = 1.0) -> None:
         self.metrics.memory(lambda: device_stats(self.device), every=every)
 
+    def shutdown(self) -> None:
+        """Stop the copy's threads: the executor first, which may still queue a finish on the collector."""
+        self.executor.shutdown(wait=True)
+        if self.collector is not None:
+            self.collector.shutdown(wait=True)
+
 
 def _thread_setup(device: torch.device, cuda_graphs: bool, recompile_limit: int) -> None:
     """First thing on a copy's own thread: its GPU is the current one, inductor's CUDA-graph state exists
@@ -83,6 +90,11 @@ def _thread_setup(device: torch.device, cuda_graphs: bool, recompile_limit: int)
         cudagraph_thread_state()
     if recompile_limit:
         raise_recompile_limit(recompile_limit)
+
+
+def _channels_last(module: torch.nn.Module) -> torch.nn.Module:
+    """4-D weights in channels-last order (a module's other tensors are left as they are)."""
+    return module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
 
 async def load_replica(
@@ -122,7 +134,11 @@ async def load_replica(
             metrics.count_recompiles()
             backend = CountingBackend(settings.compile_backend, settings.compile_mode, metrics.recompiled)
             module = compile_module(module, backend, str(files.weights), copies)
-        predictor = Predictor(module, device, dtype, interface, precision=settings.precision)
+        if settings.channels_last and hasattr(module, "to"):
+            module = await loop.run_in_executor(executor, _channels_last, module)
+        predictor = Predictor(
+            module, device, dtype, interface, settings.precision, channels_last=settings.channels_last
+        )
         outputs = None if example is None else await run_example(predictor.run, executor, example, where)
         sizes: tuple[int, ...] = ()
         if backend is not None and settings.warmup:
@@ -142,9 +158,29 @@ async def load_replica(
         raise
     if backend is not None:
         backend.ready = True  # from here on, every compiled graph is a recompile
-    batcher = Batcher(predictor.run, executor, config, metrics, device.type)
+    collector = None
+    if predictor.pipelined:
+        collector = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix=f"torchflow-{model}-{label}-out",
+            initializer=bind_thread,
+            initargs=(device,),
+        )
+    pipeline = None if collector is None else (predictor, collector)
+    batcher = Batcher(predictor.run, executor, config, metrics, device.type, pipeline)
     replica = Replica(
-        device, label, predictor, executor, batcher, metrics, fmt, outputs, backend, sizes, loaded.rules
+        device,
+        label,
+        predictor,
+        executor,
+        collector,
+        batcher,
+        metrics,
+        fmt,
+        outputs,
+        backend,
+        sizes,
+        loaded.rules,
     )
     replica.sample(every=0)
     logger.info(

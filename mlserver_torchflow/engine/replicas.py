@@ -13,11 +13,11 @@ import collections
 import numpy as np
 import torch
 
-from ..common import Named, rows_of
+from ..common import Named, logger, rows_of
 from ..config import TorchFlowSettings
 from ..protocol.signature import Interface
 from .compiling import uses_cuda_graphs
-from .device import describe, release, resolve_devices
+from .device import describe, release, resolve_devices, set_math_flags
 from .integrity import check_weights
 from .layout import ModelFiles
 from .loading import sniff_format
@@ -87,7 +87,7 @@ async def close_all(replicas: list[Replica]) -> None:
     devices = {r.device for r in replicas}
     for replica in replicas:
         await replica.batcher.close()
-        replica.executor.shutdown(wait=True)
+        replica.shutdown()
     replicas.clear()  # the last references to the modules (the batchers hold the predictors' `run`)
     for device in devices:
         release(device)
@@ -104,6 +104,10 @@ async def load_replicas(
     """Every copy loads and warms up concurrently (each on its own thread); if one fails, the others
     are closed and the first failure is raised."""
     devices = resolve_devices(settings.device, settings.devices)
+    if any(d.type == "cuda" for d in devices):  # cuDNN's and TF32's switches, per process
+        conflict = set_math_flags(model, settings.cudnn_benchmark, settings.tf32)
+        if conflict:
+            logger.warning(conflict)
     if settings.verify_weights:  # once per model, however many copies load it
         sniff_format(files.weights)  # a truncated or foreign file is named as such before its members
         await asyncio.to_thread(check_weights, files.weights)

@@ -37,6 +37,27 @@ def test_loads_onto_the_device_and_matches_the_reference(
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_a_conv_net_in_channels_last_with_the_math_settings_matches_the_reference(
+    conv: Saved, device: str
+) -> None:
+    """The device settings through the runtime: weights channels-last, cuDNN's autotuner on, TF32 off
+    (full FP32, so the reference's tolerance holds); the answers are the saved model's."""
+    saved = torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32
+    try:
+        model = load(conv.path, device=device, channels_last=True, cudnn_benchmark=True, tf32="off")
+        module = first(model).predictor.module
+        assert module.conv.weight.is_contiguous(memory_format=torch.channels_last)
+        if device == "cuda":
+            assert torch.backends.cudnn.benchmark is True
+            assert torch.backends.cuda.matmul.allow_tf32 is False
+        image = np.random.default_rng(1).random((5, 3, 8, 8), dtype=np.float32)
+        np.testing.assert_allclose(predict(model, image), conv.expected(image), rtol=1e-4, atol=1e-5)
+        asyncio.run(model.unload())
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_auto_picks_cuda_when_present(mlp: dict[str, Saved], device: str) -> None:
     model = load(mlp["pt2"].path, device="auto")
     assert first(model).device.type == ("cuda" if torch.cuda.is_available() else "cpu")

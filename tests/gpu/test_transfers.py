@@ -1,4 +1,5 @@
-"""Host <-> device copies: zero-copy on CPU; on CUDA, reused pinned staging and copies the caller owns.
+"""Host <-> device copies: zero-copy on CPU; on CUDA, rows written once into reused pinned staging,
+streams of each copy's own, and copies the caller owns.
 
 Pinned memory needs CUDA, so the staging buffers' reuse and growth run unpinned on CPU (the same code,
 `pin=False`) and pinned on CUDA. The CUDA cases have not run on a GPU in this repository yet.
@@ -6,12 +7,14 @@ Pinned memory needs CUDA, so the staging buffers' reuse and growth run unpinned 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
 
 from mlserver_torchflow.engine.inference import Predictor
-from mlserver_torchflow.engine.transfers import StagingBuffers, Transfers
+from mlserver_torchflow.engine.transfers import Slot, StagingBuffers, Transfers
 from mlserver_torchflow.protocol.signature import Interface
 from tests import builders as b
 
@@ -39,12 +42,12 @@ def test_staging_buffers_are_reused_and_grow(pin: bool) -> None:
 
 def test_cpu_inputs_and_outputs_are_not_copied() -> None:
     transfers = Transfers(torch.device("cpu"))
-    x = torch.rand(4, 3)
-    (moved,) = transfers.to_device([x], torch.float32)
-    assert moved is x
-    (back,) = transfers.to_host([x], [torch.float32])
-    assert back is x
-    (cast,) = transfers.to_device([x], torch.float16)
+    x = np.random.default_rng(0).random((4, 3), dtype=np.float32)
+    (moved,) = transfers.to_device(None, [[x]], None, torch.float32)
+    assert moved.data_ptr() == x.ctypes.data
+    (back,) = transfers.finish(None, transfers.start_out(None, [moved]), [torch.float32])
+    assert back is moved
+    (cast,) = transfers.to_device(None, [[x]], None, torch.float16)
     assert cast.dtype == torch.float16  # a cast is a copy, but only because the dtype changes
     assert transfers.staged_bytes() == 0
 
@@ -65,41 +68,83 @@ def test_cpu_forward_reads_the_request_arrays_in_place() -> None:
     np.testing.assert_array_equal(out, x * 2)
 
 
+def staging(device: str) -> Transfers:
+    """The GPU path: pinned with streams on CUDA; on CPU the same staging, unpinned (`stage=True`)."""
+    return Transfers(torch.device(device), pin=device == "cuda", stage=True)
+
+
+def one_pass(
+    transfers: Transfers, parts: list[list[np.ndarray]], rows: int | None, fn: Any, dtype: torch.dtype
+) -> tuple[Slot, list[torch.Tensor]]:
+    """Stage `parts`, apply `fn` on the device and queue the copy out; the slot is not finished."""
+    slot = transfers.acquire()
+    with transfers.lanes.on("compute"):
+        moved = transfers.to_device(slot, parts, rows, dtype)
+        outs = transfers.start_out(slot, fn(moved))
+    return slot, outs
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_staged_copies_come_back_owned(device: str) -> None:
-    """The GPU path: on CUDA with pinned buffers; on CPU the same staging, unpinned (`stage=True`)."""
-    transfers = Transfers(torch.device(device), pin=device == "cuda", stage=True)
-    x, ids = torch.rand(5, 4), torch.arange(5)
-    moved = transfers.to_device([x, ids], torch.float16)
-    assert [t.device.type for t in moved] == [device, device]
-    assert moved[0].dtype == torch.float16 and moved[1].dtype == torch.int64
-    torch.testing.assert_close(moved[0].cpu(), x.half())
-    first_back = transfers.to_host([moved[0] * 2, moved[1] + 1], [torch.float32, torch.int64])
-    expected = (x.half() * 2).float()
+    transfers = staging(device)
+    x, ids = np.random.default_rng(1).random((5, 4), dtype=np.float32), np.arange(5)
+    slot, outs = one_pass(transfers, [[x, ids]], None, lambda t: [t[0] * 2, t[1] + 1], torch.float16)
+    first_back = transfers.finish(slot, outs, [torch.float32, torch.int64])
+    transfers.release(slot)
+    expected = (torch.from_numpy(x).half() * 2).float()
     torch.testing.assert_close(first_back[0], expected)
-    torch.testing.assert_close(first_back[1], ids + 1)
-    # The next batch reuses the staging buffers: the first batch's results must not change.
-    again = transfers.to_device([torch.zeros(5, 4), torch.zeros(5, dtype=torch.int64)], torch.float16)
-    transfers.to_host([again[0] - 1, again[1] - 1], [torch.float32, torch.int64])
+    torch.testing.assert_close(first_back[1], torch.from_numpy(ids) + 1)
+    # Later batches reuse both slots' buffers: the first batch's results must not change.
+    for _ in range(2):
+        zeros = [np.zeros((5, 4), np.float32), np.zeros(5, np.int64)]
+        slot, outs = one_pass(transfers, [zeros], None, lambda t: [t[0] - 1, t[1] - 1], torch.float16)
+        transfers.finish(slot, outs, [torch.float32, torch.int64])
+        transfers.release(slot)
     torch.testing.assert_close(first_back[0], expected)
-    torch.testing.assert_close(first_back[1], ids + 1)
+    torch.testing.assert_close(first_back[1], torch.from_numpy(ids) + 1)
     assert transfers.staged_bytes() >= 5 * 4 * 2 + 5 * 8
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_rows_are_written_once_into_staging_and_padded_with_zeros(device: str) -> None:
+    """Three requests' rows go straight into the slot's input buffer (no joined copy on the way),
+    converted to fp16 there, and the padding rows are zeros even where an earlier batch left values."""
+    transfers = staging(device)
+    rng = np.random.default_rng(2)
+    first = [[rng.random((6, 3), dtype=np.float32)]]
+    for _ in range(2):  # each slot's buffer holds 6 rows of values
+        slot, outs = one_pass(transfers, first, 8, lambda t: [t[0] + 0], torch.float16)
+        transfers.finish(slot, outs, [torch.float16])
+        transfers.release(slot)
+    parts = [[rng.random((n, 3), dtype=np.float32)] for n in (2, 1, 2)]
+    for _ in range(2):  # each slot in turn: 5 rows over its 6 old ones, padded to 8
+        seen: list[torch.Tensor] = []
+        slot, outs = one_pass(
+            transfers, parts, 8, lambda t, seen=seen: seen.extend(t) or [t[0] * 1], torch.float16
+        )
+        (back,) = transfers.finish(slot, outs, [torch.float32])
+        buffer = slot.inputs.view(0, torch.float16, (8, 3))
+        transfers.release(slot)
+        expected = np.concatenate([p[0] for p in parts] + [np.zeros((3, 3), np.float32)])
+        np.testing.assert_array_equal(back.numpy(), expected.astype(np.float16).astype(np.float32))
+        assert seen[0].dtype == torch.float16 and seen[0].shape == (8, 3)
+        if device == "cpu":  # the forward read the staging buffer itself: the rows' only copy
+            assert seen[0].data_ptr() == buffer.data_ptr()
+
+
 @ON_CUDA
-def test_cuda_copies_go_through_pinned_staging_and_come_back_owned() -> None:
-    transfers = Transfers(torch.device("cuda", 0))
-    x, ids = torch.rand(5, 4), torch.arange(5)
-    moved = transfers.to_device([x, ids], torch.float16)
-    assert [t.device.type for t in moved] == ["cuda", "cuda"]
-    assert moved[0].dtype == torch.float16 and moved[1].dtype == torch.int64
-    first_back = transfers.to_host([moved[0] * 2, moved[1] + 1], [torch.float32, torch.int64])
-    expected = (x.half() * 2).float()
-    torch.testing.assert_close(first_back[0], expected)
-    # The next batch reuses the staging buffers: the first batch's results must not change.
-    transfers.to_host([torch.zeros(5, 4, device="cuda", dtype=torch.float16)], [torch.float32])
-    torch.testing.assert_close(first_back[0], expected)
-    assert transfers.staged_bytes() > 0
+def test_cuda_copies_use_pinned_staging_streams_of_their_own_and_time_the_device() -> None:
+    a, b2 = Transfers(torch.device("cuda", 0)), Transfers(torch.device("cuda", 0))
+    assert a.lanes._streams["compute"] != b2.lanes._streams["compute"], "two copies share a stream"
+    assert a.lanes._streams["compute"] != torch.cuda.default_stream(0)
+    x = np.random.default_rng(3).random((64, 256), dtype=np.float32)
+    slot, outs = one_pass(a, [[x]], None, lambda t: [t[0] @ t[0].T], torch.float32)
+    assert slot.inputs.view(0, torch.float32, (64, 256)).is_pinned()
+    (back,) = a.finish(slot, outs, [torch.float32])
+    seconds = a.device_seconds(slot)
+    a.release(slot)
+    assert seconds is not None and 0 < seconds < 1
+    torch.testing.assert_close(back, torch.from_numpy(x @ x.T), rtol=1e-3, atol=1e-3)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -135,7 +180,12 @@ def test_a_failed_pass_waits_for_its_copies_before_the_next_one(
             raise ValueError("the model's own bug")
 
     predictor = Predictor(Fails(), torch.device(device), None, Interface(None, None))
-    predictor.transfers = Transfers(torch.device(device), pin=device != "cpu", stage=True)
+    predictor.transfers = staging(device)
     with pytest.raises(ValueError, match="own bug"):
         predictor.run([np.ones((2, 4), np.float32)])
     assert synced == [str(torch.device(device))]
+    # The failed passes gave their staging slots back: more passes than slots still launch.
+    for _ in range(3):
+        with pytest.raises(ValueError, match="own bug"):
+            predictor.launch([[np.ones((2, 4), np.float32)]], 2)
+    assert len(predictor.transfers._free) == 2

@@ -118,7 +118,7 @@ def test_arrivals_during_a_busy_pass_form_one_batch(
             seen.append(batch._in_flight)  # as the pass returns: what else was handed over
             return out
 
-        batch._passes._run = watched
+        batch._passes._offload._run = watched
         for seed in (10, 11, 12):  # the cost fit learns that a pass takes 0.3 s
             await batch.submit([rows_of(1, seed)])
         first = asyncio.create_task(batch.submit([rows_of(1, 1)]))

@@ -1,0 +1,187 @@
+"""Batches in flight on one copy: two staging slots, launched on the executor thread and finished on
+the collector thread, so the next batch is staged while one computes (engine/transfers.py).
+
+On CPU the same bookkeeping runs unpinned and without streams (`stage=True`): each pass has computed
+by the time `launch` returns, but its outputs wait in its slot until `finish`, as on a GPU, so a slot
+reused too early shows up as another batch's values. The CUDA case also runs the streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from mlserver_torchflow.common import Named
+from mlserver_torchflow.config import BatchConfig
+from mlserver_torchflow.engine.batching import Batcher
+from mlserver_torchflow.engine.inference import Launched, Predictor
+from mlserver_torchflow.engine.transfers import Transfers
+from mlserver_torchflow.protocol.signature import Interface
+from mlserver_torchflow.serving.metrics import BatchMetrics
+from tests import builders as b
+
+ON_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+DEVICES = ["cpu", pytest.param("cuda", marks=ON_CUDA)]
+
+
+def staged_predictor(model: torch.nn.Module, device: str, **kwargs: Any) -> Predictor:
+    predictor = Predictor(model.to(device), torch.device(device), None, Interface(None, None), **kwargs)
+    predictor.transfers = Transfers(
+        torch.device(device),
+        pin=device == "cuda",
+        stage=True,
+        channels_last=kwargs.get("channels_last", False),
+    )
+    return predictor
+
+
+def rows(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, 4), dtype=np.float32)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_third_batch_waits_for_a_free_slot_and_no_batch_sees_another_ones_values(device: str) -> None:
+    model = b.build(b.MLP)
+    predictor = staged_predictor(model, device)
+    inputs = [rows(3, seed) for seed in range(3)]
+    first = predictor.launch([[inputs[0]]], 3)
+    second = predictor.launch([[inputs[1]]], 3)
+    third: list[Launched] = []
+    launcher = threading.Thread(target=lambda: third.append(predictor.launch([[inputs[2]]], 3)))
+    launcher.start()
+    launcher.join(0.3)
+    assert launcher.is_alive() and not third, "a third batch was staged while both slots were in use"
+    answers = [predictor.finish(first)]
+    launcher.join(5)
+    assert third, "the third batch did not get the slot the first one freed"
+    answers += [predictor.finish(second), predictor.finish(third[0])]
+    for x, named in zip(inputs, answers, strict=True):
+        np.testing.assert_allclose(named[0][1], b.reference(model.cpu(), x), rtol=1e-4, atol=1e-5)
+
+
+def test_batches_launch_while_the_one_before_is_still_being_finished() -> None:
+    """Through the batcher: with a slow finish on the collector thread, the executor thread launches
+    the next batch before the previous one is answered, and every request gets its own rows."""
+    model = b.build(b.MLP)
+    predictor = staged_predictor(model, "cpu")
+    events: list[tuple[str, float]] = []
+    lock = threading.Lock()
+    launch, finish = predictor.launch, predictor.finish
+
+    def timed_launch(parts: list[list[np.ndarray]], count: int | None) -> Launched:
+        with lock:
+            events.append(("launch", time.monotonic()))
+        return launch(parts, count)
+
+    def slow_finish(launched: Launched) -> Named:
+        time.sleep(0.15)  # a device still computing
+        with lock:
+            events.append(("finish", time.monotonic()))
+        return finish(launched)
+
+    predictor.launch, predictor.finish = timed_launch, slow_finish  # type: ignore[method-assign]
+
+    async def main() -> list[Named]:
+        config = BatchConfig(max_batch_size=4, max_batch_time=0.001, compute_on="device")
+        collector = ThreadPoolExecutor(max_workers=1)
+        batcher = Batcher(
+            predictor.run,
+            ThreadPoolExecutor(max_workers=1),
+            config,
+            BatchMetrics("t-pipeline", "cpu"),
+            "cpu",
+            (predictor, collector),
+        )
+        inputs = [rows(1 + i % 3, i) for i in range(12)]
+        answers = await asyncio.gather(*(batcher.submit([x]) for x in inputs))
+        await batcher.close()
+        collector.shutdown(wait=True)
+        for x, named in zip(inputs, answers, strict=True):
+            np.testing.assert_allclose(named[0][1], b.reference(model, x), rtol=1e-4, atol=1e-5)
+        return answers
+
+    asyncio.run(main())
+    kinds = [kind for kind, _ in events]
+    assert kinds.count("launch") >= 3
+    first_finish = kinds.index("finish")
+    assert kinds[:first_finish].count("launch") >= 2, f"no batch was launched while one finished: {kinds}"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_channels_last_gives_the_same_answers_and_the_forward_sees_nhwc(device: str) -> None:
+    from mlserver_torchflow.engine.replica import _channels_last
+
+    model = b.build(b.ConvNet)
+    seen: list[bool] = []
+    conv = model.conv
+    real = conv.forward
+    conv.forward = lambda x: seen.append(x.is_contiguous(memory_format=torch.channels_last)) or real(x)  # type: ignore[method-assign]
+    image = np.random.default_rng(5).random((3, 3, 8, 8), dtype=np.float32)
+    plain = b.reference(b.build(b.ConvNet), image)
+    converted = _channels_last(model.to(device))
+    assert converted.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    predictor = staged_predictor(converted, device, channels_last=True)
+    got = predictor.run([image])[0][1]
+    assert seen == [True]
+    np.testing.assert_allclose(got, plain, rtol=1e-4, atol=1e-5)
+    # Without staging (the CPU path) the setting converts the input as well.
+    seen.clear()
+    plain_path = Predictor(
+        converted.cpu(), torch.device("cpu"), None, Interface(None, None), channels_last=True
+    )
+    np.testing.assert_allclose(plain_path.run([image])[0][1], plain, rtol=1e-4, atol=1e-5)
+    assert seen == [True]
+
+
+def test_a_pipelined_pass_past_execution_timeout_is_answered_and_its_slot_comes_back() -> None:
+    """A finish that hangs (a device stuck in a kernel): its requests get the retryable timeout, the copy
+    is unhealthy until the finish returns, and then the slot it held serves the next batches."""
+    from mlserver_torchflow.errors import ExecutionTimeout
+
+    model = b.build(b.MLP)
+    predictor = staged_predictor(model, "cpu")
+    finish = predictor.finish
+    stuck = threading.Event()
+
+    def hanging_finish(launched: Launched) -> Named:
+        if not stuck.is_set():
+            stuck.set()
+            time.sleep(0.6)
+        return finish(launched)
+
+    predictor.finish = hanging_finish  # type: ignore[method-assign]
+
+    async def main() -> None:
+        config = BatchConfig(max_batch_size=4, max_batch_time=0.001, execution_timeout=0.2)
+        collector = ThreadPoolExecutor(max_workers=1)
+        batcher = Batcher(
+            predictor.run,
+            ThreadPoolExecutor(max_workers=1),
+            config,
+            BatchMetrics("t-pipeline-hang", "cpu"),
+            "cpu",
+            (predictor, collector),
+        )
+        with pytest.raises(ExecutionTimeout, match="execution_timeout"):
+            await batcher.submit([rows(2, 0)])
+        assert batcher.healthy is False
+        deadline = time.monotonic() + 5
+        while not batcher.healthy and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert batcher.healthy, "the copy stayed unhealthy after the hung pass returned"
+        inputs = [rows(1 + i % 3, 10 + i) for i in range(8)]  # more batches than slots
+        answers = await asyncio.gather(*(batcher.submit([x]) for x in inputs))
+        for x, named in zip(inputs, answers, strict=True):
+            np.testing.assert_allclose(named[0][1], b.reference(model, x), rtol=1e-4, atol=1e-5)
+        await batcher.close()
+        collector.shutdown(wait=True)
+
+    asyncio.run(main())
+    assert len(predictor.transfers._free) == 2
