@@ -121,9 +121,11 @@ class Lanes:
 
     NAMES = ("in", "compute", "out")
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, serial_out: bool = False) -> None:
         self.cuda = device.type == "cuda"
         self._streams = {n: torch.cuda.Stream(device) for n in self.NAMES} if self.cuda else {}
+        if self.cuda and serial_out:  # the copy out in the compute stream's order (see Transfers)
+            self._streams["out"] = self._streams["compute"]
 
     def on(self, lane: str) -> contextlib.AbstractContextManager[Any]:
         """Work queued inside runs on `lane`'s stream."""

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..common import Named
+from ..common import Named, logger
 from ..errors import ModelExecutionError
 from ..protocol.signature import Interface
 from .device import after_out_of_memory, is_out_of_memory, synchronize
 from .precision import Precision
 from .transfers import Slot, Transfers
+
+MAX_SHAPES = 1024  # input shape sets remembered for counting CUDA-graph recordings
 
 
 class Predictor:
@@ -30,6 +33,8 @@ class Predictor:
         interface: Interface,
         precision: str = "cast",
         channels_last: bool = False,
+        cuda_graphs: bool = False,
+        on_recording: Callable[[], None] | None = None,
     ):
         self.module = module
         self.device = device
@@ -37,7 +42,12 @@ class Predictor:
         self.precision = Precision(precision, dtype)
         # Floating inputs follow the weights' precision, whatever float type the client sent.
         self.float_dtype = self.precision.input_dtype(_weights_float_dtype(module))
-        self.transfers = Transfers(device, channels_last=channels_last)
+        self.transfers = Transfers(device, channels_last=channels_last, serial_out=cuda_graphs)
+        # CUDA graphs: inductor records one graph per new set of input shapes, which no recompile
+        # counter sees; the shapes seen so far, and who is told of a new one once `ready`.
+        self._shapes: set[tuple[tuple[int, ...], ...]] | None = set() if cuda_graphs else None
+        self._on_recording = on_recording
+        self.ready = False
 
     @property
     def pipelined(self) -> bool:
@@ -50,6 +60,8 @@ class Predictor:
     def launch(self, parts: list[list[np.ndarray]], rows: int | None) -> Launched:
         """Queue a pass over every request's inputs (`parts`), padded to `rows`; returns what `finish`
         completes. Off CUDA the pass has run by the time this returns."""
+        if self._shapes is not None:
+            self._note_shapes(parts, rows)
         slot = self.transfers.acquire() if self.pipelined else None
         try:
             return self._launch(slot, parts, rows)
@@ -67,6 +79,22 @@ class Predictor:
             with self.precision.context(self.device):
                 outputs = self.module(*tensors)
             return self._start_out(slot, outputs)
+
+    def _note_shapes(self, parts: list[list[np.ndarray]], rows: int | None) -> None:
+        assert self._shapes is not None
+        shapes = tuple(a.shape if rows is None else (rows, *a.shape[1:]) for a in parts[0])
+        if shapes in self._shapes or len(self._shapes) >= MAX_SHAPES:
+            return
+        self._shapes.add(shapes)
+        if self.ready:
+            logger.warning(
+                "a CUDA graph is being recorded for input shapes %s, which no warm-up size covered: "
+                "this pass pays the capture and the graph keeps its own memory. Add the row count to "
+                "preferred_batch_sizes.",
+                list(shapes),
+            )
+            if self._on_recording is not None:
+                self._on_recording()
 
     def _start_out(self, slot: Slot | None, outputs: Any) -> Launched:
         names = self.interface.output_names(outputs)

@@ -137,7 +137,14 @@ async def load_replica(
         if settings.channels_last and hasattr(module, "to"):
             module = await loop.run_in_executor(executor, _channels_last, module)
         predictor = Predictor(
-            module, device, dtype, interface, settings.precision, channels_last=settings.channels_last
+            module,
+            device,
+            dtype,
+            interface,
+            settings.precision,
+            channels_last=settings.channels_last,
+            cuda_graphs=graphs and device.type == "cuda",
+            on_recording=metrics.recompiled,
         )
         outputs = None if example is None else await run_example(predictor.run, executor, example, where)
         sizes: tuple[int, ...] = ()
@@ -158,6 +165,7 @@ async def load_replica(
         raise
     if backend is not None:
         backend.ready = True  # from here on, every compiled graph is a recompile
+    predictor.ready = True  # and every CUDA graph recorded
     collector = None
     if predictor.pipelined:
         collector = ThreadPoolExecutor(

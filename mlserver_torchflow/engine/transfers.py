@@ -7,8 +7,10 @@ slot's pinned inputs: the only host copy of the batch, with the padding zeroed t
 The copy in runs on the in stream, the forward on the compute stream once that copy is done, the
 copy out into the slot's pinned outputs on the out stream once the forward is (`start_out`). The
 thread is then free to stage the next batch, whose copy in overlaps this batch's compute while the
-previous batch's copy out drains. `finish`, on the copy's collector thread, waits for the slot's
-last event (the GIL released), copies the outputs into arrays the caller owns and frees the slot.
+previous batch's copy out drains (in CUDA-graph modes the copy out stays in the compute stream's
+order: a replay writes its outputs where the last one did). `finish`, on the copy's collector
+thread, waits for the slot's last event (the GIL released), copies the outputs into arrays the
+caller owns and frees the slot.
 A third batch waits for a free slot: no buffer is written while a copy may still read it.
 
 On CPU nothing is staged: the rows are joined and pass through as they are. Staging on the CPU
@@ -73,11 +75,15 @@ class Transfers:
         pin: bool = True,
         stage: bool | None = None,
         channels_last: bool = False,
+        serial_out: bool = False,
     ) -> None:
         self.device = device
         self.copies = device.type != "cpu" if stage is None else stage
         self.channels_last = channels_last
-        self.lanes = Lanes(device if self.copies else torch.device("cpu"))
+        self.serial_out = serial_out
+        # CUDA graphs replay into the same output memory every time: a copy out on its own stream
+        # would race the next batch's replay, so it runs in the compute stream's order there.
+        self.lanes = Lanes(device if self.copies else torch.device("cpu"), serial_out)
         pinned = pin and self.copies and device.type == "cuda"
         self._slots = [Slot(i, pinned) for i in range(SLOTS)]
         self._free = list(self._slots)

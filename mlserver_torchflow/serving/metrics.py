@@ -138,7 +138,8 @@ class BatchMetrics:
         self._recompiles = _get(
             Counter,
             "torchflow_compile_recompiles",
-            "Graphs torch.compile compiled after the model reported ready (a shape warm-up missed).",
+            "Graphs torch.compile compiled, or CUDA graphs recorded, after the model reported ready (a "
+            "shape warm-up missed).",
             labelnames=["model", "device"],
         ).labels(**self._labels)
 

@@ -185,3 +185,42 @@ def test_a_pipelined_pass_past_execution_timeout_is_answered_and_its_slot_comes_
 
     asyncio.run(main())
     assert len(predictor.transfers._free) == 2
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_cuda_graph_copies_copy_out_in_the_compute_streams_order(device: str) -> None:
+    """A CUDA-graph replay writes its outputs where the previous replay did: the copy out of batch n
+    must be queued before the replay of batch n+1, on the same stream. Other modes copy out on a
+    stream of their own."""
+    graphs = Predictor(
+        b.build(b.MLP).to(device), torch.device(device), None, Interface(None, None), cuda_graphs=True
+    )
+    plain = Predictor(b.build(b.MLP).to(device), torch.device(device), None, Interface(None, None))
+    assert graphs.transfers.serial_out and not plain.transfers.serial_out
+    if device == "cuda":
+        lanes, own = graphs.transfers.lanes._streams, plain.transfers.lanes._streams
+        assert lanes["out"] is lanes["compute"] and own["out"] is not own["compute"]
+
+
+def test_cuda_graph_recordings_after_ready_are_counted_once_per_new_shape() -> None:
+    """What the recompile counter cannot see: inductor records a CUDA graph for each new set of input
+    shapes. The replica turns this on only on CUDA (on CPU the CUDA-graph modes record nothing); the
+    counting itself runs here on a CPU predictor."""
+    recorded: list[int] = []
+    predictor = Predictor(
+        b.build(b.MLP),
+        torch.device("cpu"),
+        None,
+        Interface(None, None),
+        cuda_graphs=True,
+        on_recording=lambda: recorded.append(1),
+    )
+    for n in (1, 2, 4):  # the warm-up's sizes: recorded before ready, not counted
+        predictor.run([rows(n, n)])
+    predictor.ready = True
+    predictor.finish(predictor.launch([[rows(1, 0)], [rows(3, 1)]], 4))  # 4 rows, padded: warmed
+    assert recorded == []
+    predictor.finish(predictor.launch([[rows(3, 2)], [rows(2, 3)]], 5))  # 5 rows: a new recording
+    predictor.run([rows(5, 4)])  # the same shapes again
+    predictor.run([rows(7, 5)])
+    assert len(recorded) == 2
