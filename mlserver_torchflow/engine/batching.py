@@ -20,7 +20,7 @@ import numpy as np
 from ..common import Named, rows_of
 from ..config import BatchConfig
 from ..errors import QueueFull, RequestTooLarge, Unloading
-from .dispatch import Arrivals, CoreUse, hold, stage_next
+from .dispatch import Arrivals, CoreUse, Population, hold, stage_next
 from .merging import BatchKey, batch_key
 from .offload import Pipeline, RunFn
 from .passes import Passes, deliver
@@ -47,6 +47,8 @@ class Batcher:
             declared = False  # kernels run on the GPU; the host thread's CPU time is spent spinning in syncs
         self.core = CoreUse(declared)
         self._arrivals = Arrivals()
+        self._population = Population()
+        self._outstanding = 0  # requests submitted and not answered yet (queued or computing)
         self._passes = Passes(run, executor, config, metrics, self.core, self._wake_up, pipeline)
         self._queue = LevelQueue(config)
         self._in_flight = 0
@@ -65,6 +67,16 @@ class Batcher:
     ) -> Named:
         """The model's outputs for these rows; `phases`, when given, receives where the time went.
         `priority` and `timeout_us` are the request's own (Triton's parameters; 0 / None: the defaults)."""
+        self._outstanding += 1
+        self._population.arrived(self._outstanding)
+        try:
+            return await self._submit(arrays, phases, priority, timeout_us)
+        finally:
+            self._outstanding -= 1
+
+    async def _submit(
+        self, arrays: list[np.ndarray], phases: Phases | None, priority: int, timeout_us: int | None
+    ) -> Named:
         phases = Phases() if phases is None else phases
         if not self.healthy:
             raise self._passes.still_hung()
@@ -110,6 +122,7 @@ class Batcher:
             finally:
                 self._in_flight -= 1
                 self._freed = time.monotonic()
+                self._population.passed()
                 self._wake.set()
             if not joined:
                 return item.future.result()
@@ -175,8 +188,8 @@ class Batcher:
             if not stage_next(now, self._running_ends, lead):
                 return self._running_ends - lead - now
             freed = self._running_ends - lead
-        if rows >= config.max_batch_size:
-            return 0.0
+        if rows >= config.max_batch_size or self._population.all_in(self._outstanding):
+            return 0.0  # full, or every client's request is in: nobody else is coming
         # A pass's answers bring requests back in a closed loop: the gap counts from it too.
         last = max(self._arrivals.last or 0.0, freed)
         return hold(
@@ -242,4 +255,5 @@ class Batcher:
         self._tasks.discard(task)
         self._in_flight -= 1
         self._freed = time.monotonic()
+        self._population.passed()
         self._wake.set()

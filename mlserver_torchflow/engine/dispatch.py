@@ -17,6 +17,8 @@ cancels: it is paid whether a row waits or not. So a lone client (its gap is at 
 has come in; a row-bound one (small `F`) hardly holds at all. A hold ends at the next arrival (the
 question is asked again), when no row came for two gaps (the burst is over: nobody is coming), when
 the batch is full, or at `max_batch_time` after the oldest request: the longest anyone waits for company.
+It also ends once every client is in (`Population`): in a closed loop, when the requests outstanding are
+back at their recent peak, the rest of the burst would only be the two-gap wait.
 
 `CoreUse` tells whether the device computes on the server's own cores (CPU time of the executor
 thread close to its wall time) or off them (a GPU, or anything that releases the GIL and waits).
@@ -30,6 +32,7 @@ import math
 from dataclasses import dataclass
 
 DECAY = 0.9  # weight a cost sample keeps per newer one: about the last 10 passes count
+PEAK_DECAY = 0.97  # what the clients' peak keeps per pass: 32 clients become 8 in about 45 passes
 GAP_WEIGHT = 0.2  # weight of the newest gap in the running mean: about the last 5 arrivals count
 BURST_GAPS = 2.0  # no row for this many mean gaps: the burst is over
 MIN_HOLD = 50e-6  # seconds: a shorter hold costs more in timer wake-ups than it could gain
@@ -121,6 +124,26 @@ def hold(
     left = min(max_wait - waited, BURST_GAPS * gap - since_last)
     # nobody came for two gaps (they are not coming), or too little left to set a timer for
     return left if left > MIN_HOLD else 0.0
+
+
+@dataclass
+class Population:
+    """How many requests the clients keep outstanding at their peak. Closed-loop clients (each waits for
+    its answer before it sends again) have all their requests in when the outstanding count (queued and
+    computing) is back at that peak: nobody else is coming, and holding longer only adds latency. An
+    open loop seldom sits at its recent peak, so there the hold rule decides alone."""
+
+    peak: float = 0.0
+
+    def arrived(self, outstanding: int) -> None:
+        self.peak = max(self.peak, float(outstanding))
+
+    def passed(self) -> None:
+        """After each pass: a peak not reached again fades (fewer clients now)."""
+        self.peak *= PEAK_DECAY
+
+    def all_in(self, outstanding: int) -> bool:
+        return self.peak >= 2 and outstanding >= self.peak
 
 
 @dataclass
