@@ -26,11 +26,10 @@ from ..errors import ExecutionTimeout, RequestTooLarge
 from .device import is_out_of_memory
 from .dispatch import CoreUse, CostModel
 from .merging import BatchKey, batch_key, concatenate, has_batch_dimension, join, padded_rows, split
-from .offload import Offload, Pipeline, RunFn, measured
+from .offload import Offload, Parts, Pipeline, RunFn, measured
 from .phases import BatchObserver, Phases
 from .queueing import Queued
 
-Parts = list[list[np.ndarray]]  # each request's inputs
 MAX_SHAPES = 64  # batch shapes whose cost is remembered
 
 
@@ -157,15 +156,15 @@ class Passes:
         started = time.monotonic()
         limit = self.config.execution_timeout
         if inline and self.may_inline(key, rows):
-            (outputs, cpu, wall), staged = measured(self._run, parts[0]), None
+            (outputs, cpu, wall), launch = measured(self._run, parts[0]), None
         else:
-            outputs, cpu, wall, staged = await self._offload.run(parts, count, rows, limit)
+            outputs, cpu, wall, launch = await self._offload.run(parts, count, rows, limit)
         seconds = time.monotonic() - started
         self.core.observe(cpu, wall)
         if key is not None:  # the pass's own time, on its threads and device: what the device costs
             self.cost(key).observe(rows, wall)
-            if staged is not None:
-                self.staging(key).observe(rows, staged)
+            if launch is not None:
+                self.staging(key).observe(rows, launch)
         self._metrics.batch(rows, seconds)
         phases.compute_infer += seconds
         phases.rows = max(phases.rows, rows)
