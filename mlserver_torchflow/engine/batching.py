@@ -176,7 +176,8 @@ class Batcher:
     def _hold(self, first: Queued, now: float) -> float:
         """Seconds to keep the batch headed by `first` waiting; 0: hand it to the device now."""
         config = self.config
-        rows = first.rows + sum(i.rows for i in self._queue if i.key == first.key and i is not first)
+        others = [i for i in self._queue if i is not first]
+        rows = first.rows + sum(i.rows for i in others if i.key == first.key)
         cost = self._passes.cost(first.key)
         freed = self._freed  # waiting behind a pass is not waiting for company
         if self._in_flight:  # off-core, a pass running: hand over just before it ends (dispatch.stage_next),
@@ -188,8 +189,10 @@ class Batcher:
             if not stage_next(now, self._running_ends, lead):
                 return self._running_ends - lead - now
             freed = self._running_ends - lead
-        if rows >= config.max_batch_size or self._population.all_in(self._outstanding):
-            return 0.0  # full, or every client's request is in: nobody else is coming
+        # Full, or every client's request is waiting (none computing): nobody else is coming. With a
+        # pass running its clients come back after it, so the hold rule weighs them as usual.
+        if rows >= config.max_batch_size or self._population.all_in(1 + len(others)):
+            return 0.0
         # A pass's answers bring requests back in a closed loop: the gap counts from it too.
         last = max(self._arrivals.last or 0.0, freed)
         return hold(

@@ -17,8 +17,8 @@ cancels: it is paid whether a row waits or not. So a lone client (its gap is at 
 has come in; a row-bound one (small `F`) hardly holds at all. A hold ends at the next arrival (the
 question is asked again), when no row came for two gaps (the burst is over: nobody is coming), when
 the batch is full, or at `max_batch_time` after the oldest request: the longest anyone waits for company.
-It also ends once every client is in (`Population`): in a closed loop, when the requests outstanding are
-back at their recent peak, the rest of the burst would only be the two-gap wait.
+It also ends once every client is in (`Population`): in a closed loop, when the requests waiting are as
+many as the peak of those outstanding, the rest of the burst would only be the two-gap wait.
 
 `CoreUse` tells whether the device computes on the server's own cores (CPU time of the executor
 thread close to its wall time) or off them (a GPU, or anything that releases the GIL and waits).
@@ -129,9 +129,10 @@ def hold(
 @dataclass
 class Population:
     """How many requests the clients keep outstanding at their peak. Closed-loop clients (each waits for
-    its answer before it sends again) have all their requests in when the outstanding count (queued and
-    computing) is back at that peak: nobody else is coming, and holding longer only adds latency. An
-    open loop seldom sits at its recent peak, so there the hold rule decides alone."""
+    its answer before it sends again) have all come back when the requests waiting (none computing)
+    are as many as that peak: nobody else is coming, and holding longer only adds latency. While a
+    pass computes, its clients are still to come back, so the hold rule decides; an open loop seldom
+    sits at its recent peak, so there too."""
 
     peak: float = 0.0
 
