@@ -42,6 +42,16 @@ def staged_predictor(model: torch.nn.Module, device: str, **kwargs: Any) -> Pred
     return predictor
 
 
+def pipelined(predictor: Predictor, name: str, **config: Any) -> tuple[Batcher, ThreadPoolExecutor]:
+    """A batcher whose passes are launched on one thread and finished on another (its collector)."""
+    collector = ThreadPoolExecutor(max_workers=1)
+    cfg = BatchConfig(max_batch_size=4, max_batch_time=0.001, **config)
+    metrics = BatchMetrics(name, "cpu")
+    return Batcher(
+        predictor.run, ThreadPoolExecutor(max_workers=1), cfg, metrics, "cpu", (predictor, collector)
+    ), collector
+
+
 def rows(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).random((n, 4), dtype=np.float32)
 
@@ -89,16 +99,7 @@ def test_batches_launch_while_the_one_before_is_still_being_finished() -> None:
     predictor.launch, predictor.finish = timed_launch, slow_finish  # type: ignore[method-assign]
 
     async def main() -> list[Named]:
-        config = BatchConfig(max_batch_size=4, max_batch_time=0.001, compute_on="device")
-        collector = ThreadPoolExecutor(max_workers=1)
-        batcher = Batcher(
-            predictor.run,
-            ThreadPoolExecutor(max_workers=1),
-            config,
-            BatchMetrics("t-pipeline", "cpu"),
-            "cpu",
-            (predictor, collector),
-        )
+        batcher, collector = pipelined(predictor, "t-pipeline", compute_on="device")
         inputs = [rows(1 + i % 3, i) for i in range(12)]
         answers = await asyncio.gather(*(batcher.submit([x]) for x in inputs))
         await batcher.close()
@@ -159,16 +160,7 @@ def test_a_pipelined_pass_past_execution_timeout_is_answered_and_its_slot_comes_
     predictor.finish = hanging_finish  # type: ignore[method-assign]
 
     async def main() -> None:
-        config = BatchConfig(max_batch_size=4, max_batch_time=0.001, execution_timeout=0.2)
-        collector = ThreadPoolExecutor(max_workers=1)
-        batcher = Batcher(
-            predictor.run,
-            ThreadPoolExecutor(max_workers=1),
-            config,
-            BatchMetrics("t-pipeline-hang", "cpu"),
-            "cpu",
-            (predictor, collector),
-        )
+        batcher, collector = pipelined(predictor, "t-pipeline-hang", execution_timeout=0.2)
         with pytest.raises(ExecutionTimeout, match="execution_timeout"):
             await batcher.submit([rows(2, 0)])
         assert batcher.healthy is False
