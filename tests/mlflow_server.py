@@ -45,7 +45,7 @@ import pytest
 
 from tests import client_envs
 from tests import s3 as s3_helpers
-from tests.server import free_port, stop_group, wait_http
+from tests.server import LoggedProcess, free_port, wait_http
 
 ARTIFACTS = ("proxied", "s3")
 ADMIN_USERNAME = "admin"
@@ -94,7 +94,7 @@ def mlflow_executable() -> Path:
     return python.with_name("mlflow")
 
 
-class MlflowServer:
+class MlflowServer(LoggedProcess):
     """`mlflow server` with its stores under `root`; `running()` starts it, waits for /health, stops it."""
 
     def __init__(
@@ -217,13 +217,6 @@ class MlflowServer:
             yield self
         finally:
             self.stop()
-
-    def stop(self) -> int | None:
-        # stop_group also finishes uvicorn, which may outlive the CLI process that started it.
-        return None if self.proc is None else stop_group(self.proc)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     # Basic-auth administration over REST, as the admin (mlflow-skinny cannot import
     # mlflow.server.auth.client: it needs the server's dependencies).

@@ -77,7 +77,21 @@ def _tail(log: Path) -> str:
     return log.read_text(errors="replace")[-6000:] if log.exists() else ""
 
 
-class Server:
+class LoggedProcess:
+    """A server the tests start in a process group of its own, its output in `log_path`."""
+
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def stop(self) -> int | None:
+        # stop_group also finishes children that may outlive the process that started them (uvicorn).
+        return None if self.proc is None else stop_group(self.proc)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class Server(LoggedProcess):
     """Starts MLServer over `models_dir`; `ready` waits until every named model answers ready."""
 
     def __init__(self, models_dir: Path, env: dict[str, str] | None = None, **settings: Any) -> None:
@@ -136,12 +150,6 @@ class Server:
             yield self
         finally:
             self.stop()
-
-    def stop(self) -> int | None:
-        return None if self.proc is None else stop_group(self.proc)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=30) as response:
