@@ -367,6 +367,11 @@ class ServerSettings(BaseSettings):
     torch_interop_threads: int = Field(default=0, ge=0)
     """torch's inter-op pool (TorchScript forks, parallel ops); 0 = torch's default."""
 
+    gc_freeze: bool = True
+    """After each load, move what the process holds out of the garbage collector's full passes
+    (`gc.freeze`), which otherwise stop every request for ~200 ms every few seconds under load;
+    an unload makes the old model collectable again. docs/operations.md has the measurement."""
+
     drain_timeout: float = Field(default=25.0, gt=0)
     """Seconds a SIGTERM leaves accepted requests to be answered before the process exits; keep it below
     the pod's termination grace period (Kubernetes' default: 30). Requests still queued one second before

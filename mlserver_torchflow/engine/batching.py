@@ -121,9 +121,7 @@ class Batcher:
                         await self._passes.execute([item], inline=True)
             finally:
                 self._in_flight -= 1
-                self._freed = time.monotonic()
-                self._population.passed()
-                self._wake.set()
+                self._ended(0 if joined else rows)
             if not joined:
                 return item.future.result()
         else:
@@ -135,6 +133,15 @@ class Batcher:
         self._report_queue()
         self._wake.set()
         return await item.future  # cancelling this leaves the batch alone: see _deliver
+
+    def calibrate(self, key: BatchKey | None, samples: list[tuple[int, float, float]]) -> None:
+        """Seed the cost model of batch shape `key` and the core-use measure with timed warm-up passes
+        (rows, thread CPU seconds, wall seconds)."""
+        if key is None:
+            return
+        for rows, cpu, wall in samples:
+            self.core.observe(cpu, wall)
+            self._passes.cost(key).observe(rows, wall)
 
     def expire_queued(self, err: Exception) -> None:
         """Answer every request still waiting (not the running batches) with a copy of `err` each (the
@@ -193,16 +200,21 @@ class Batcher:
         # pass running its clients come back after it, so the hold rule weighs them as usual.
         if rows >= config.max_batch_size or self._population.all_in(1 + len(others)):
             return 0.0
-        # A pass's answers bring requests back in a closed loop: the gap counts from it too.
-        last = max(self._arrivals.last or 0.0, freed)
+        arrivals = self._arrivals
+        # A pass's answers bring requests back in a closed loop, the first after the return lag: while
+        # none came since the pass ended (or it still runs), the burst is not over before then.
+        ends = self._running_ends if self._in_flight else self._freed
+        last = arrivals.last or 0.0
+        last = max(last, arrivals.returns_at(ends) if ends >= last else freed)
         return hold(
             rows,
             now - max(first.enqueued, freed),
             now - last,
-            self._arrivals.gap,
+            arrivals.gap,
             cost.fit()[0],
             config.max_batch_size,
             config.max_batch_time,
+            arrivals.owed,
         )
 
     @property
@@ -250,13 +262,20 @@ class Batcher:
         self._running_ends = max(time.monotonic(), self._running_ends) + self._passes.cost(
             items[0].key
         ).predict(rows)
-        task = asyncio.get_running_loop().create_task(self._passes.execute(items))
+        task = asyncio.get_running_loop().create_task(self._pass(items, rows))
         self._tasks.add(task)
-        task.add_done_callback(self._finished)
+        task.add_done_callback(self._tasks.discard)
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        self._in_flight -= 1
+    async def _pass(self, items: list[Queued], rows: int) -> None:
+        try:
+            await self._passes.execute(items)
+        finally:  # before the answered requests' tasks run (their answers take the loop a while)
+            self._in_flight -= 1
+            self._ended(rows)
+
+    def _ended(self, rows: int) -> None:
+        """A pass over `rows` rows ended (0: the lone request joined a batch instead)."""
         self._freed = time.monotonic()
+        self._arrivals.ended(self._freed, rows)
         self._population.passed()
         self._wake.set()

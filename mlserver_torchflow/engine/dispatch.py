@@ -49,6 +49,7 @@ class CostModel:
     _t: float = 0.0
     _nt: float = 0.0
     _miss: float = 0.0  # weighted squared misses of the prediction made before each pass
+    _per_row: float | None = None  # the last per-row cost that varied sizes could separate
 
     def observe(self, rows: int, seconds: float) -> None:
         if self._w:
@@ -72,20 +73,19 @@ class CostModel:
         return self._w > 0
 
     def fit(self) -> tuple[float, float]:
-        """(fixed, per_row), both >= 0. Passes of one size only cannot separate the two: all of it is
-        then taken as fixed, the cost a GPU's small batches mostly have; the fit corrects itself once
-        batch sizes vary."""
+        """(fixed, per_row), both >= 0. Passes of one size only cannot separate the two: the last
+        per-row cost that varied sizes showed is kept then, else all of it is taken as fixed (the
+        cost a GPU's small batches mostly have). A batcher whose batches settle on one size would
+        otherwise come to see a row-bound device as launch-bound, and hold for rows that do not pay."""
         if not self._w:
             return 0.0, 0.0
         mean_n, mean_t = self._n / self._w, self._t / self._w
         variance = self._nn / self._w - mean_n * mean_n
-        if variance < 0.25:  # sizes hardly vary (a spread under half a row)
-            return mean_t, 0.0
-        per_row = max((self._nt / self._w - mean_n * mean_t) / variance, 0.0)
-        fixed = mean_t - per_row * mean_n
-        if fixed < 0:  # the points say "no fixed part": a line through zero
-            return 0.0, mean_t / mean_n
-        return fixed, per_row
+        if variance >= 0.25:  # sizes vary (a spread of half a row or more)
+            self._per_row = max((self._nt / self._w - mean_n * mean_t) / variance, 0.0)
+        # at most all of the time: a fit that says "no fixed part" is a line through zero
+        per_row = min(self._per_row or 0.0, mean_t / mean_n)
+        return mean_t - per_row * mean_n, per_row
 
     def predict(self, rows: int) -> float:
         fixed, per_row = self.fit()
@@ -94,16 +94,40 @@ class CostModel:
 
 @dataclass
 class Arrivals:
-    """The running mean gap between arriving rows; infinite until two requests have come."""
+    """The running mean gap between arriving rows (infinite until two requests have come), and the
+    return lag: how long after a pass ends the next request comes.
+
+    The first arrival after a pass ended measures the lag, not the gap. In a closed loop it is one of
+    that pass's clients coming back, and the time since the previous arrival is a round trip plus a
+    pass: counted as a gap, it made every burst look sparse, so that a batch went as soon as the
+    first client was back, and clients split into groups that alternate on the device."""
 
     gap: float = math.inf
+    lag: float = 0.0
     last: float | None = None
+    owed: int = 0  # rows the last pass answered, less those arrived since: clients on their way back
+    _ended: float | None = None  # when the last pass ended, until the next arrival samples the lag
 
     def arrived(self, now: float, rows: int) -> None:
-        if self.last is not None:
+        ended, self._ended = self._ended, None
+        self.owed = max(self.owed - rows, 0)
+        if self.last is not None and ended is not None and self.last <= ended <= now:
+            sample = now - ended
+            self.lag = sample if not self.lag else self.lag + GAP_WEIGHT * (sample - self.lag)
+        elif self.last is not None:
             sample = max(now - self.last, 0.0) / max(rows, 1)
             self.gap = sample if math.isinf(self.gap) else self.gap + GAP_WEIGHT * (sample - self.gap)
         self.last = now
+
+    def ended(self, now: float, rows: int) -> None:
+        """A pass over `rows` rows ended `now`: its clients, if they wait on it, start coming back after
+        the lag, and until as many rows arrived more are owed."""
+        self._ended = now
+        self.owed = rows
+
+    def returns_at(self, ends: float) -> float:
+        """When the first answer of a pass ending at `ends` is expected back as a new request."""
+        return ends + self.lag
 
 
 def hold(
@@ -114,15 +138,18 @@ def hold(
     fixed: float,
     max_rows: int,
     max_wait: float,
+    owed: int = 0,
 ) -> float:
     """Seconds to hold `rows` for company (0: dispatch now). `waited` is the oldest request's time in the
-    queue, `since_last` the time since the last arrival; the caller asks again at the next arrival."""
+    queue, `since_last` the time since the last arrival, `owed` the rows the last pass answered whose
+    clients are not back yet; the caller asks again at the next arrival."""
     if rows >= max_rows or waited >= max_wait or gap <= 0 or math.isinf(gap):
         return 0.0
     if rows >= fixed / gap:  # the rows expected during one fixed cost are fewer than those in hand
         return 0.0
-    left = min(max_wait - waited, BURST_GAPS * gap - since_last)
-    # nobody came for two gaps (they are not coming), or too little left to set a timer for
+    left = max_wait - waited
+    if not owed:  # nobody came for two gaps: the burst is over (owed rows come, however slowly)
+        left = min(left, BURST_GAPS * gap - since_last)
     return left if left > MIN_HOLD else 0.0
 
 

@@ -36,7 +36,7 @@ from .layout import ModelFiles
 from .loading import Format, load_module
 from .merging import within
 from .phases import BatchObserver
-from .warmup import batch_sizes, run_example, run_sizes
+from .warmup import batch_sizes, calibrate, run_example, run_sizes
 
 
 class CopyObserver(BatchObserver, Protocol):
@@ -176,6 +176,15 @@ async def load_replica(
         )
     pipeline = None if collector is None else (predictor, collector)
     batcher = Batcher(predictor.run, executor, config, metrics, device.type, pipeline)
+    if settings.warmup and config.max_batch_size > 1:
+        try:
+            batcher.calibrate(
+                *await calibrate(predictor.run, executor, config.max_batch_size, example, interface)
+            )
+        except Exception as err:  # the example already ran: a failure here is the model's own flakiness
+            logger.warning(
+                "model %s: timing passes for the batcher failed (%s); it learns online", model, err
+            )
     replica = Replica(
         device,
         label,

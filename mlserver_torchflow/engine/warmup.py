@@ -1,5 +1,7 @@
 """Warm-up before a model copy reports ready: its own input example, then, when it is compiled, one
-pass at every row count a batch can have, so that no request waits for a compilation."""
+pass at every row count a batch can have, so that no request waits for a compilation; and, when it
+batches, a few timed passes at two sizes that tell the batcher the device's fixed and per-row cost
+before the first request (`calibrate`)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from ..common import Named, first_line, logger
 from ..config import BatchConfig
 from ..errors import ModelLoadError
 from ..protocol.signature import Interface
+from .merging import BatchKey, batch_key
+from .offload import measured
 
 
 def batch_sizes(config: BatchConfig) -> tuple[int, ...]:
@@ -90,3 +94,34 @@ async def run_sizes(
             ) from err
         done.append(rows)
     return tuple(done)
+
+
+CALIBRATION_ROWS = 8  # the larger of the two sizes timed (at most max_batch_size)
+CALIBRATION_PASSES = 3  # timed passes per size, after one untimed
+
+
+async def calibrate(
+    run: Callable[[list[np.ndarray]], Named],
+    executor: Executor,
+    max_rows: int,
+    example: list[np.ndarray] | None,
+    interface: Interface,
+) -> tuple[BatchKey | None, list[tuple[int, float, float]]]:
+    """The batch shape, and (rows, thread CPU seconds, wall seconds) of passes at 1 row and at up to
+    CALIBRATION_ROWS rows of it.
+
+    Batches of one size cannot tell a fixed cost from a per-row one (dispatch.CostModel), and a closed
+    loop that settles on one batch size never shows the difference: timed here, the split is known
+    from the first request. No samples when no input of a row's shape can be made."""
+    loop = asyncio.get_running_loop()
+    key, samples = None, []
+    for rows in sorted({1, min(max_rows, CALIBRATION_ROWS)}):
+        arrays = inputs_of(rows, example, interface)
+        key = batch_key(arrays) if arrays is not None else None
+        if arrays is None or key is None:
+            return None, []
+        await loop.run_in_executor(executor, run, arrays)
+        for _ in range(CALIBRATION_PASSES):
+            _, cpu, wall = await loop.run_in_executor(executor, measured, run, arrays)
+            samples.append((rows, cpu, wall))
+    return key, samples

@@ -38,7 +38,7 @@ from ..protocol.metadata import build_metadata, observed_outputs, triton_config,
 from ..protocol.scheduling import scheduling
 from ..protocol.shapes import ShapeRules
 from ..protocol.signature import Interface, interface_from_mlmodel
-from . import lifecycle, logs, threads, triton
+from . import heap, lifecycle, logs, threads, triton
 from .advice import advise
 from .metrics import BatchMetrics
 from .stats import ModelStats
@@ -156,6 +156,7 @@ class TorchFlowRuntime(MLModel):
             self._batcher.describe(),
             time.monotonic() - started,
         )
+        heap.settle(server_settings().gc_freeze)
         return True
 
     def _warn_if_one_row(self, rules: ShapeRules, interface: Interface) -> None:
@@ -280,6 +281,7 @@ class TorchFlowRuntime(MLModel):
         replicas = self.__dict__.pop("_batcher", None)
         if replicas is not None:
             await replicas.close()
+        heap.release(server_settings().gc_freeze)
         logger.info("unloaded model %s in %.2fs", self.name, time.monotonic() - started)
         return True
 

@@ -48,6 +48,23 @@ def test_passes_of_one_size_count_as_fixed_cost() -> None:
     assert not CostModel().known and CostModel().fit() == (0.0, 0.0)
 
 
+def test_batches_that_settle_on_one_size_keep_the_per_row_cost() -> None:
+    """A closed loop of 8 clients on a row-bound device settles on batches of 8: without the per-row
+    cost that varied sizes showed, the fit would call all 10 ms fixed and hold for rows that cost as
+    much as they save."""
+    cost = CostModel()
+    for rows in (1, 8) * 3:  # warm-up's timed passes (warmup.calibrate)
+        cost.observe(rows, 2 * MS + 1 * MS * rows)
+    for _ in range(200):
+        cost.observe(8, 10 * MS)
+    fixed, per_row = cost.fit()
+    assert fixed == pytest.approx(2 * MS, rel=0.01) and per_row == pytest.approx(1 * MS, rel=0.01)
+    fresh = CostModel()
+    for _ in range(20):
+        fresh.observe(8, 10 * MS)
+    assert fresh.fit() == (pytest.approx(10 * MS), 0.0)  # never separated: all of it fixed
+
+
 def test_cost_fit_follows_a_device_that_slows_down() -> None:
     cost = CostModel()
     for rows in [1, 8, 16, 32] * 10:
@@ -77,6 +94,36 @@ def test_arrival_gap_is_a_running_mean_per_row() -> None:
     assert arrivals.gap == pytest.approx(0.010 + 0.2 * (0.005 - 0.010))
 
 
+def test_the_first_arrival_after_a_pass_measures_the_return_lag_not_the_gap() -> None:
+    """Replayed from a real server (gRPC, 8 closed-loop clients, a 20 ms pass): two groups of four
+    alternate; each group arrives 0.3-0.7 ms apart while the other computes. Counting the round trip
+    across a pass as a gap put the mean gap at 7 ms, so `hold` saw 20 / 7 < 5 rows coming and sent each
+    group alone. Measured as the lag, the gap stays the burst's own."""
+    arrivals = Arrivals()
+    cycle = 25.3 * MS
+    for k in range(12):
+        t0 = k * cycle
+        arrivals.ended(t0 + 23.5 * MS, 4)  # the other group's pass ends
+        for at in (0.0, 0.7, 1.1, 1.4):  # this group comes back, 0.9 ms after the end
+            arrivals.arrived(t0 + cycle - 0.9 * MS + at * MS, 1)
+        assert arrivals.owed == 0
+    assert arrivals.gap < 0.6 * MS, arrivals.gap
+    assert arrivals.lag == pytest.approx(0.9 * MS, rel=0.05)
+    assert 20 * MS / arrivals.gap > 4  # so the rule holds the group for the other
+
+
+def test_owed_rows_count_down_as_requests_arrive() -> None:
+    arrivals = Arrivals()
+    arrivals.arrived(0.0, 1)
+    arrivals.ended(0.020, 3)
+    assert arrivals.owed == 3 and arrivals.returns_at(0.020) == pytest.approx(0.020)  # no lag seen yet
+    arrivals.arrived(0.022, 1)
+    assert arrivals.owed == 2 and arrivals.lag == pytest.approx(0.002)
+    arrivals.arrived(0.0225, 4)  # more than owed: nobody is owed, never fewer than none
+    assert arrivals.owed == 0
+    assert math.isinf(arrivals.gap) is False and arrivals.gap == pytest.approx(0.0005 / 4)
+
+
 @pytest.mark.parametrize(
     ("rows", "waited", "since_last", "gap", "fixed", "expected"),
     [
@@ -95,6 +142,15 @@ def test_arrival_gap_is_a_running_mean_per_row() -> None:
 def test_hold(rows: int, waited: float, since_last: float, gap: float, fixed: float, expected: float) -> None:
     got = hold(rows, waited, since_last, gap, fixed, max_rows=64, max_wait=10 * MS)
     assert got == pytest.approx(expected)
+
+
+def test_clients_still_owed_keep_the_hold_past_two_gaps() -> None:
+    """Answers still being written hold back the clients' next requests: a burst that pauses is not
+    over while rows of the last pass have not come back. max_batch_time still caps the wait."""
+    args = dict(rows=1, waited=2 * MS, since_last=1.5 * MS, gap=0.5 * MS, fixed=20 * MS, max_rows=64)
+    assert hold(**args, max_wait=10 * MS) == 0.0  # two gaps passed: over
+    assert hold(**args, max_wait=10 * MS, owed=7) == pytest.approx(8 * MS)
+    assert hold(**{**args, "rows": 40}, max_wait=10 * MS, owed=7) == 0.0  # not worth it, owed or not
 
 
 def test_core_use_measured_and_declared() -> None:
@@ -148,15 +204,24 @@ def simulate(
             queue.append(now)
             peak.arrived(len(queue) + computing)
         elif kind == "end":
+            arrivals.ended(now, computing)
             busy_until, freed, computing = None, now, 0
             peak.passed()
         if busy_until is not None or not queue:
             continue
         wait = 0.0
         if adaptive and not (population and peak.all_in(len(queue))):
-            since = now - max(arrivals.last or 0.0, freed)
+            last = arrivals.last or 0.0
+            since = now - max(last, arrivals.returns_at(freed) if freed >= last else freed)
             wait = hold(
-                len(queue), now - max(queue[0], freed), since, arrivals.gap, cost.fit()[0], 64, 10 * MS
+                len(queue),
+                now - max(queue[0], freed),
+                since,
+                arrivals.gap,
+                cost.fit()[0],
+                64,
+                10 * MS,
+                arrivals.owed,
             )
         if wait > 0:
             at(now + wait, "timer")

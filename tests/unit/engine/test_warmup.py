@@ -1,14 +1,23 @@
-"""Which batch sizes a compiled model is warmed at, and the inputs built for them; the compile settings."""
+"""Which batch sizes a compiled model is warmed at, and the inputs built for them; the compile settings;
+the timed passes that seed the batcher's cost model."""
 
 from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
+from mlserver_torchflow.common import Named
 from mlserver_torchflow.config import BatchConfig, load_settings
-from mlserver_torchflow.engine.warmup import batch_sizes, inputs_of
+from mlserver_torchflow.engine.batching import Batcher
+from mlserver_torchflow.engine.merging import batch_key
+from mlserver_torchflow.engine.warmup import batch_sizes, calibrate, inputs_of
 from mlserver_torchflow.errors import ModelLoadError
 from mlserver_torchflow.protocol.signature import Interface, TensorSpec
+from mlserver_torchflow.serving.metrics import BatchMetrics
 
 
 @pytest.mark.parametrize(
@@ -73,3 +82,43 @@ def test_compile_mode_needs_inductor() -> None:
 def test_unknown_compile_mode_is_named() -> None:
     with pytest.raises(ModelLoadError, match="compile_mode"):
         load_settings({"compile": True, "compile_mode": "fast"})
+
+
+def test_timed_passes_tell_the_batcher_the_fixed_and_per_row_cost() -> None:
+    """A device that sleeps 4 ms + 1 ms a row (GIL released, as a GPU's host thread waits): warm-up's
+    passes at 1 and 8 rows give the batcher that split, and 'off our cores', before any request."""
+    fixed, per_row = 4e-3, 1e-3
+    seen: list[int] = []
+
+    def run(arrays: list[np.ndarray]) -> Named:
+        seen.append(arrays[0].shape[0])
+        time.sleep(fixed + per_row * arrays[0].shape[0])
+        return [("output-0", arrays[0])]
+
+    async def main() -> tuple[float, float, bool]:
+        example = [np.zeros((1, 4), np.float32)]
+        interface = Interface(None, None)
+        with ThreadPoolExecutor(max_workers=1) as executor:
+            key, samples = await calibrate(run, executor, 64, example, interface)
+            assert key == batch_key(example) and [s[0] for s in samples] == [1, 1, 1, 8, 8, 8]
+            config = BatchConfig(max_batch_size=64, max_batch_time=0.01)
+            batcher = Batcher(run, executor, config, BatchMetrics("t-calibrate", "cpu"))
+            batcher.calibrate(key, samples)
+            fit = batcher._passes.cost(key).fit()
+            on_core = batcher.core.on_core
+            await batcher.close()
+        return (*fit, on_core)
+
+    got_fixed, got_per_row, on_core = asyncio.run(main())
+    assert seen == [1, 1, 1, 1, 8, 8, 8, 8]  # one untimed pass before each size's timed ones
+    assert got_fixed == pytest.approx(fixed, abs=1.5e-3) and got_per_row == pytest.approx(per_row, abs=0.3e-3)
+    assert not on_core
+
+
+def test_no_timed_passes_without_a_row_shape() -> None:
+    async def main() -> tuple[object, list[tuple[int, float, float]]]:
+        with ThreadPoolExecutor(max_workers=1) as executor:
+            interface = Interface((TensorSpec("x", "FP32", (-1, -1)),), None)  # a free trailing dimension
+            return await calibrate(lambda a: [], executor, 64, None, interface)
+
+    assert asyncio.run(main()) == (None, [])
