@@ -19,8 +19,8 @@ import numpy as np
 
 from ..common import Named, rows_of
 from ..config import BatchConfig
-from ..errors import QueueFull, RequestTooLarge, Unloading
-from .dispatch import Arrivals, CoreUse, Population, hold, stage_next
+from ..errors import QueueFull, Unloading
+from .dispatch import Alarm, Arrivals, CoreUse, Population, hold, stage_next
 from .merging import BatchKey, batch_key
 from .offload import Pipeline, RunFn
 from .passes import Passes, deliver
@@ -49,12 +49,12 @@ class Batcher:
         self._arrivals = Arrivals()
         self._population = Population()
         self._outstanding = 0  # requests submitted and not answered yet (queued or computing)
-        self._passes = Passes(run, executor, config, metrics, self.core, self._wake_up, pipeline)
+        self._wake = Alarm()
+        self._passes = Passes(run, executor, config, metrics, self.core, self._wake.set, pipeline)
         self._queue = LevelQueue(config)
         self._in_flight = 0
         self._running_ends = 0.0  # when the passes in flight are expected to be done (monotonic)
         self._freed = 0.0  # when the last pass ended
-        self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task = asyncio.get_running_loop().create_task(self._dispatch_loop())
 
@@ -86,18 +86,12 @@ class Batcher:
         self._arrivals.arrived(now, rows)
         if key is None or not self._passes.splittable or self.config.max_batch_size <= 1:
             return await self._passes.run_alone(arrays, phases)
-        limit = self.config.max_queue_rows
         level = level_of(self.config, priority)
-        if limit and self._queue.rows + rows > limit:
-            if rows > limit:
-                raise RequestTooLarge(
-                    f"the request has {rows} rows; this model queues at most {limit} rows (max_queue_rows). Split it into smaller requests."
-                )
+        try:
+            self._queue.room_for(rows)
+        except QueueFull:
             self._metrics.rejected(level + 1, "full")
-            raise QueueFull(
-                f"the model's queue is full ({self._queue.rows} of {limit} rows waiting); retry "
-                "after a short back-off, or scale out."
-            )
+            raise
         timeout, timeout_from = timeout_of(self.config, level, timeout_us)
         future = asyncio.get_running_loop().create_future()
         item = Queued(arrays, rows, key, future, phases, level, timeout, timeout_from, now)
@@ -135,13 +129,8 @@ class Batcher:
         return await item.future  # cancelling this leaves the batch alone: see _deliver
 
     def calibrate(self, key: BatchKey | None, samples: list[tuple[int, float, float]]) -> None:
-        """Seed the cost model of batch shape `key` and the core-use measure with timed warm-up passes
-        (rows, thread CPU seconds, wall seconds)."""
-        if key is None:
-            return
-        for rows, cpu, wall in samples:
-            self.core.observe(cpu, wall)
-            self._passes.cost(key).observe(rows, wall)
+        """Timed warm-up passes (rows, thread CPU s, wall s) of batch shape `key`: Passes.calibrate."""
+        self._passes.calibrate(key, samples)
 
     def expire_queued(self, err: Exception) -> None:
         """Answer every request still waiting (not the running batches) with a copy of `err` each (the
@@ -170,7 +159,7 @@ class Batcher:
             if not self.healthy:  # nothing may queue behind a hung pass
                 self.expire_queued(self._passes.still_hung())
             if not self._queue or self._in_flight >= (1 if self.core.on_core else 2):
-                await self._sleep(next_expiry)
+                await self._wake.sleep(next_expiry)
                 continue
             now = time.monotonic()
             first = self._queue.first()
@@ -178,7 +167,7 @@ class Batcher:
             if wait <= 0:
                 self._launch(self._take(first.key))
             else:
-                await self._sleep(wait if next_expiry is None else min(wait, next_expiry))
+                await self._wake.sleep(wait if next_expiry is None else min(wait, next_expiry))
 
     def _hold(self, first: Queued, now: float) -> float:
         """Seconds to keep the batch headed by `first` waiting; 0: hand it to the device now."""
@@ -201,15 +190,11 @@ class Batcher:
         if rows >= config.max_batch_size or self._population.all_in(1 + len(others)):
             return 0.0
         arrivals = self._arrivals
-        # A pass's answers bring requests back in a closed loop, the first after the return lag: while
-        # none came since the pass ended (or it still runs), the burst is not over before then.
         ends = self._running_ends if self._in_flight else self._freed
-        last = arrivals.last or 0.0
-        last = max(last, arrivals.returns_at(ends) if ends >= last else freed)
         return hold(
             rows,
             now - max(first.enqueued, freed),
-            now - last,
+            arrivals.quiet(now, ends, freed),
             arrivals.gap,
             cost.fit()[0],
             config.max_batch_size,
@@ -222,20 +207,6 @@ class Batcher:
         """False while a pass that ran past execution_timeout has not returned."""
         return self._passes.healthy
 
-    def _wake_up(self) -> None:
-        self._wake.set()
-
-    async def _sleep(self, timeout: float | None) -> None:
-        """Until woken, or `timeout` seconds. A timer sets the same event: no timeout exception, whose
-        type differs between Python versions, and no task per wait as `asyncio.wait_for` makes."""
-        self._wake.clear()
-        timer = None if timeout is None else asyncio.get_running_loop().call_later(timeout, self._wake.set)
-        try:
-            await self._wake.wait()
-        finally:
-            if timer is not None:
-                timer.cancel()
-
     def _sweep(self) -> float | None:
         """Cancelled requests leave the queue; expired ones get their level's timeout action. Returns
         the seconds until the next request expires (None: none will)."""
@@ -243,8 +214,7 @@ class Batcher:
         for item, reason in self._queue.sweep(now):
             self._metrics.rejected(item.level + 1, reason)
         self._report_queue()
-        ends = [i.enqueued + i.timeout for i in self._queue if i.timeout and not i.delayed]
-        return max(min(ends) - now, 0.0) + 1e-4 if ends else None
+        return self._queue.next_expiry(now)
 
     def _report_queue(self) -> None:
         self._metrics.queue_rows(self._queue.rows)

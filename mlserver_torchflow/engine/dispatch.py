@@ -28,6 +28,7 @@ the event loop; on-core, it would only take the cores the running pass and the e
 
 from __future__ import annotations
 
+import asyncio
 import math
 from dataclasses import dataclass
 
@@ -129,6 +130,13 @@ class Arrivals:
         """When the first answer of a pass ending at `ends` is expected back as a new request."""
         return ends + self.lag
 
+    def quiet(self, now: float, ends: float, freed: float) -> float:
+        """Seconds no row has come, for the burst's end. A pass's answers (it ends, or ended, at `ends`)
+        bring requests back in a closed loop, the first after the lag: while none came since, the
+        burst is not over before then (negative). Else counted from the last arrival or `freed`."""
+        last = self.last or 0.0
+        return now - max(last, self.returns_at(ends) if ends >= last else freed)
+
 
 def hold(
     rows: int,
@@ -207,3 +215,24 @@ def stage_next(now: float, running_ends: float, lead: float) -> bool:
     """Off-core only: hand the next batch over while the running one ends within `lead` seconds, so
     that it starts the moment the device frees, with everything that arrived until then in it."""
     return now >= running_ends - lead
+
+
+class Alarm:
+    """What the dispatch loop sleeps on: an arrival, a pass's end, or a timer wakes it."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    async def sleep(self, timeout: float | None) -> None:
+        """Until woken, or `timeout` seconds. A timer sets the same event: no timeout exception, whose
+        type differs between Python versions, and no task per wait as `asyncio.wait_for` makes."""
+        self._event.clear()
+        timer = None if timeout is None else asyncio.get_running_loop().call_later(timeout, self._event.set)
+        try:
+            await self._event.wait()
+        finally:
+            if timer is not None:
+                timer.cancel()

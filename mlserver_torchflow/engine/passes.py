@@ -62,6 +62,15 @@ class Passes:
         ends for the device not to wait (no samples otherwise: it predicts 0)."""
         return _model(self._stagings, key)
 
+    def calibrate(self, key: BatchKey | None, samples: list[tuple[int, float, float]]) -> None:
+        """Seed the cost model of batch shape `key` and the core-use measure with timed warm-up passes
+        (rows, thread CPU seconds, wall seconds): warmup.calibrate."""
+        if key is None:
+            return
+        for rows, cpu, wall in samples:
+            self.core.observe(cpu, wall)
+            self.cost(key).observe(rows, wall)
+
     def fits(self) -> list[tuple[float, float]]:
         return [c.fit() for c in self._costs.values() if c.known]
 

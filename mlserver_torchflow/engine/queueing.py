@@ -18,7 +18,7 @@ import numpy as np
 
 from ..common import Named
 from ..config import BatchConfig
-from ..errors import QueueFull, QueueTimeout
+from ..errors import QueueFull, QueueTimeout, RequestTooLarge
 from .merging import BatchKey
 from .phases import Phases
 
@@ -78,6 +78,25 @@ class LevelQueue:
     def sizes(self) -> list[int]:
         """Requests waiting per level."""
         return [len(r) + len(d) for r, d in zip(self._ready, self._delayed, strict=True)]
+
+    def room_for(self, rows: int) -> None:
+        """Raises unless `rows` more fit within `max_queue_rows` (0: no cap)."""
+        limit = self._config.max_queue_rows
+        if limit and self.rows + rows > limit:
+            if rows > limit:
+                raise RequestTooLarge(
+                    f"the request has {rows} rows; this model queues at most {limit} rows "
+                    "(max_queue_rows). Split it into smaller requests."
+                )
+            raise QueueFull(
+                f"the model's queue is full ({self.rows} of {limit} rows waiting); retry after a short "
+                "back-off, or scale out."
+            )
+
+    def next_expiry(self, now: float) -> float | None:
+        """Seconds until the next waiting request's timeout runs out (None: none will)."""
+        ends = [i.enqueued + i.timeout for i in self if i.timeout and not i.delayed]
+        return max(min(ends) - now, 0.0) + 1e-4 if ends else None
 
     def push(self, item: Queued) -> None:
         cap = self._config.levels[item.level].max_queue_size

@@ -176,7 +176,8 @@ async def load_replica(
         )
     pipeline = None if collector is None else (predictor, collector)
     batcher = Batcher(predictor.run, executor, config, metrics, device.type, pipeline)
-    if settings.warmup and config.max_batch_size > 1:
+    # compiled copies are warmed at their batch sizes only: a timed pass at another would compile
+    if settings.warmup and config.max_batch_size > 1 and backend is None:
         try:
             batcher.calibrate(
                 *await calibrate(predictor.run, executor, config.max_batch_size, example, interface)

@@ -134,6 +134,34 @@ def test_arrivals_during_a_busy_pass_form_one_batch(
     assert max(seen) == in_flight, seen
 
 
+@pytest.mark.parametrize("compute_on", ["host", "device"])
+def test_a_pass_ends_before_its_answers_are_written(compute_on: str) -> None:
+    """The batcher's clock (the return lag, the gap, max_batch_time behind a pass) starts when the pass
+    ends, not after every answered request's task has run: those write their answers on the event loop
+    first, 5 ms each here, and counting that as the device's time made the round trip look longer."""
+    _, run = mlp_run()
+    recorder = Recorder(run, delay=0.02)
+    resumed: list[float] = []
+    ended: list[float] = []
+
+    async def main() -> None:
+        batch = batcher(recorder, compute_on=compute_on)
+
+        async def client(seed: int) -> None:
+            await batch.submit([rows_of(1, seed)])
+            resumed.append(time.monotonic())
+            time.sleep(0.005)  # writing the answer, on the loop
+
+        await asyncio.gather(*(client(s) for s in range(4)))
+        ended.append(batch._freed)  # when the last pass ended, as the batcher saw it
+        await batch.close()
+
+    asyncio.run(main())
+    assert recorder.batches[-1] >= 2, recorder.batches  # the last pass answered several clients
+    # it ended before the first of them resumed, not after all of them had written their answers
+    assert ended[0] < resumed[-1] - 0.004, (ended, resumed)
+
+
 def test_a_request_over_max_batch_size_runs_alone_and_whole() -> None:
     model, run = mlp_run()
     recorder = Recorder(run)
