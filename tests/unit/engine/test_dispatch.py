@@ -211,12 +211,10 @@ def simulate(
             continue
         wait = 0.0
         if adaptive and not (population and peak.all_in(len(queue))):
-            last = arrivals.last or 0.0
-            since = now - max(last, arrivals.returns_at(freed) if freed >= last else freed)
             wait = hold(
                 len(queue),
                 now - max(queue[0], freed),
-                since,
+                arrivals.quiet(now, freed, freed),
                 arrivals.gap,
                 cost.fit()[0],
                 64,
