@@ -367,6 +367,11 @@ class ServerSettings(BaseSettings):
     torch_interop_threads: int = Field(default=0, ge=0)
     """torch's inter-op pool (TorchScript forks, parallel ops); 0 = torch's default."""
 
+    rest_fast_lane: bool = True
+    """`POST .../infer` through MLServer's middleware (errors, gzip, its Prometheus metrics, exception
+    handlers) without its router and FastAPI's route machinery, a third of the event loop's time per
+    request (patches/fast_lane.py). Off, or with CORS or tracing on: MLServer's full path."""
+
     gc_freeze: bool = True
     """After each load, move what the process holds out of the garbage collector's full passes
     (`gc.freeze`), which otherwise stop every request for ~200 ms every few seconds under load;

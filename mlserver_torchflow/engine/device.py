@@ -40,8 +40,16 @@ def resolve_device(setting: str) -> torch.device:
 
 
 def bind_thread(device: torch.device) -> None:
-    """Make `device` the current CUDA device of this thread: calls without a device (a synchronize
-    inside inductor, say) then act on the copy's own GPU, not on GPU 0."""
+    """First thing on a thread that runs a model: the process's intra-op thread count applies here too,
+    and `device` is its current CUDA device (calls without a device, a synchronize inside inductor, say,
+    then act on the copy's own GPU, not on GPU 0).
+
+    The thread count is per thread (OpenMP's and MKL's): a new thread starts with OpenMP's default, every
+    core, until an ATen parallel op first reads torch's setting, and a load runs ops that do not (unpickling
+    a module). Its passes then run a team of every core whose workers spin at the barrier after each one:
+    on 2 cores with `torch_threads` 1, 0.8 of a core spent spinning and the batched MLP at 2/3 of its
+    throughput (docs/operations.md)."""
+    torch.set_num_threads(torch.get_num_threads())  # get_ reads the process's setting; set_ applies it here
     if device.type == "cuda":
         torch.cuda.set_device(device)
 

@@ -12,6 +12,7 @@
 | `shutdown` | `MLServer.stop` | SIGTERM drains: not ready, no new connections, accepted requests answered |
 | `startup` | `DataPlane.ready`, a filter on MLServer's log | a failed startup exits 3, not 0 |
 | `internals` | nothing (reads prometheus and MLServer state) | metric reuse, MLServer's log format |
+| `fast_lane` | nothing (builds the app's middleware around the infer endpoint) | REST inference without the router |
 | `torch_load` | torch.load's weights-only switch, pt2 devices, per load | safe and CPU-only pt2 loads |
 | `torch_compile` | nothing (builds inductor's private wrapper) | compile modes behind our backend |
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 from ..common import logger
 from . import (
     body_limit,
+    fast_lane,
     frontends,
     grpc_raw,
     grpc_status,
@@ -52,6 +54,7 @@ PATCHES: tuple[Patch, ...] = (
     shutdown.PATCH,
     startup.PATCH,
     internals.PATCH,
+    fast_lane.PATCH,
     torch_load.PATCH,
     torch_compile.PATCH,
 )

@@ -10,7 +10,8 @@
   (`patches.restricted`).
 - Added: Triton's model configuration and statistics, per model and version, and for every model.
 
-Each replaced route keeps its path, so MLServer's per-route metrics keep their labels.
+Each replaced route keeps its path, so MLServer's per-route metrics keep their labels. `infer` is also
+reached by a lane through the same middleware without the router (`patches.fast_lane`).
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from mlserver.utils import extract_headers, insert_headers
 from pydantic import ValidationError
 from starlette.responses import Response as RawResponse
 
+from ..config import server_settings
 from ..errors import NotTorchFlow
-from ..patches import grpc_raw, restricted
+from ..patches import fast_lane, grpc_raw, restricted
 from ..patches.frontends import Frontends
 from ..protocol import binary
 
@@ -95,6 +97,14 @@ def _adapt(payload: InferenceRequest, model: Any) -> None:
         inp.data.root = bytes(data) if ours else binary.as_list(data, str(inp.datatype), inp.name)
 
 
+# The infer routes the lane serves (patches/fast_lane.py): Starlette's `{name}` is `[^/]+`.
+LANE_ROUTES = {
+    "/v2/models/(?P<model_name>[^/]+)/infer": "/v2/models/{model_name}/infer",
+    "/v2/models/(?P<model_name>[^/]+)/versions/(?P<model_version>[^/]+)/infer": (
+        "/v2/models/{model_name}/versions/{model_version}/infer"
+    ),
+}
+
 # Triton's names for the extensions this runtime adds (or MLServer has), in the server metadata.
 EXTENSIONS = ("binary_tensor_data", "model_configuration", "model_repository", "statistics")
 
@@ -124,6 +134,11 @@ def mount(frontends: Frontends) -> None:
             return RawResponse(content, headers=headers, media_type="application/json")
         headers["Inference-Header-Content-Length"] = str(header_size)
         return RawResponse(content, headers=headers, media_type=binary.BINARY_MEDIA_TYPE)
+
+    async def lane_infer(scope: Any, receive: Any, send: Any) -> None:
+        params = scope["path_params"]
+        response = await infer(Request(scope, receive), params["model_name"], params.get("model_version"))
+        await response(scope, receive, send)
 
     async def live() -> Response:
         is_live = await data_plane.live()
@@ -196,3 +211,5 @@ def mount(frontends: Frontends) -> None:
         ("/v2/models/{model_name}/versions/{model_version}/config", config),
     ]
     routes[:0] = [APIRoute(path, endpoint, methods=["GET"]) for path, endpoint in added]
+    if server_settings().rest_fast_lane:
+        fast_lane.attach(frontends.app, LANE_ROUTES, lane_infer)

@@ -51,3 +51,36 @@ def test_configure_sets_torchs_pool(threads: int, expected: int) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert out.stdout.split() == [str(expected), "1"]
+
+
+def test_a_copys_thread_runs_the_configured_pool_not_openmps_default(tmp_path: Path) -> None:
+    """A new thread starts at OpenMP's default team size (here 4, from OMP_NUM_THREADS) until an ATen
+    parallel op reads torch's setting; a load runs ops that do not, and the team it starts spins after
+    every pass. The copy's thread set-up (`bind_thread`) applies the setting first: one thread, no team.
+    Without it this process gains 3 OpenMP workers (4 threads instead of 1)."""
+    code = (
+        "import os, sys, threading, torch\n"
+        "from mlserver_torchflow.engine.device import bind_thread\n"
+        "from mlserver_torchflow.serving import threads\n"
+        "threads.configure(1, 0)\n"
+        "torch.manual_seed(0)\n"
+        "module = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 8))\n"
+        "torch.save(module, sys.argv[1])\n"
+        "def copy():\n"
+        "    bind_thread(torch.device('cpu'))\n"
+        "    loaded = torch.load(sys.argv[1], weights_only=False)\n"
+        "    with torch.inference_mode():\n"
+        "        for _ in range(20):\n"
+        "            loaded(torch.randn(8, 64))\n"
+        "before = len(os.listdir('/proc/self/task'))\n"
+        "thread = threading.Thread(target=copy)\n"
+        "thread.start()\n"
+        "thread.join()\n"
+        "print(len(os.listdir('/proc/self/task')) - before)\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "4"}
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "m.pt")],
+        capture_output=True, text=True, check=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert out.stdout.split() == ["1"]  # without the set-up: 4 (OpenMP workers stay after the thread)
