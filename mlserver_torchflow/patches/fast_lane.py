@@ -14,7 +14,7 @@ same `ExceptionMiddleware`: `{"error"}` for MLServer's errors, FastAPI's 422), a
 starlette_exporter's middleware, `Recorder`: the same three metrics with the same names and labels
 (the route template as `path`), their children looked up once. Every other request takes the full
 stack. An app with middleware the lane does not reproduce (CORS, tracing, Prometheus options other
-than MLServer's) gets no lane.
+than MLServer's, a stack built other than by Starlette) gets no lane.
 """
 
 from __future__ import annotations
@@ -104,7 +104,11 @@ Endpoint = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 def _lane_middleware(app: Any) -> list[Middleware] | None:
-    """The app's middleware as the lane runs it, or None when it has one the lane does not reproduce."""
+    """The app's middleware as the lane runs it, or None when it has one the lane does not reproduce.
+    OpenTelemetry's FastAPI instrumentation (MLServer's tracing) wraps the app's `build_middleware_stack`
+    instead of adding middleware: a stack built any other way than Starlette's gets no lane."""
+    if "build_middleware_stack" in vars(app):
+        return None
     lane = []
     for entry in app.user_middleware:
         if entry.cls is GZipMiddleware:

@@ -15,6 +15,7 @@ from mlserver.handlers import DataPlane, ModelRepositoryHandlers
 from mlserver.registry import MultiModelRegistry
 from mlserver.rest.app import create_app
 from mlserver.settings import CORSSettings, Settings
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from prometheus_client import REGISTRY
 
 from mlserver_torchflow.patches import fast_lane
@@ -94,6 +95,15 @@ def test_apps_with_middleware_the_lane_lacks_keep_their_stack(settings: dict[str
     assert fast_lane.build(app, broken) is None
     assert fast_lane.attach(app, ROUTES, broken) is False
     assert app.middleware_stack is None  # Starlette builds its own on the first request
+
+
+def test_an_app_traced_by_opentelemetry_keeps_its_stack() -> None:
+    """MLServer's `tracing_server` instruments the app as here: by wrapping its build_middleware_stack."""
+    plain, traced = mlserver_app(), mlserver_app()
+    FastAPIInstrumentor.instrument_app(traced)
+    assert fast_lane.build(plain, broken) is not None
+    assert fast_lane.attach(traced, ROUTES, broken) is False
+    FastAPIInstrumentor.uninstrument_app(traced)
 
 
 def test_an_app_without_metrics_or_gzip_gets_a_lane_without_them() -> None:
