@@ -7,8 +7,8 @@ second time to label its metrics. For a 1-row inference that is most of the serv
 request: on 2 cores the batched MLP at 32 clients spent 0.50 ms of event loop per request, 0.32 ms
 without it (docs/operations.md).
 
-The lane is the app's own middleware stack, built as `Starlette.build_middleware_stack` builds it,
-around the infer endpoint instead of the router: MLServer's `ServerErrorMiddleware`, gzip (the same
+The lane is the app's own middleware stack, built by `Starlette.build_middleware_stack`, around the
+infer endpoint instead of the router: MLServer's `ServerErrorMiddleware`, gzip (the same
 `GZipMiddleware`, so the same Content-Encoding, Content-Length and Vary), its exception handlers (the
 same `ExceptionMiddleware`: `{"error"}` for MLServer's errors, FastAPI's 422), and, in place of
 starlette_exporter's middleware, `Recorder`: the same three metrics with the same names and labels
@@ -19,17 +19,17 @@ than MLServer's, a stack built other than by Starlette) gets no lane.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Awaitable, Callable
+from types import SimpleNamespace
 from typing import Any
 
 from starlette._utils import get_route_path
+from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.middleware.errors import ServerErrorMiddleware
-from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request as StarletteRequest
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette_exporter import PrometheusMiddleware
 
@@ -48,7 +48,6 @@ class Recorder:
     def __init__(self, app: ASGIApp, /, **options: Any) -> None:
         self.app = app
         self.exporter = PrometheusMiddleware(app, **options)  # creates, or finds, the shared metrics
-        self.skip = [re.compile(p) for p in options.get("skip_paths") or ()]
         self.in_progress: dict[str, Any] = {}
         self.children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
@@ -63,7 +62,7 @@ class Recorder:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         method, path = scope["method"], scope["lane.template"]
-        if any(p.fullmatch(get_route_path(scope)) for p in self.skip):
+        if any(p.fullmatch(get_route_path(scope)) for p in self.exporter.skip_paths):
             await self.app(scope, receive, send)
             return
         begin = time.perf_counter()
@@ -123,45 +122,35 @@ def _lane_middleware(app: Any) -> list[Middleware] | None:
 
 
 def build(app: Any, endpoint: Endpoint) -> ASGIApp | None:
-    """The app's middleware stack around `endpoint`, as `Starlette.build_middleware_stack` builds it
-    around the router; None where the lane would not behave as the full stack does."""
+    """The app's middleware stack around `endpoint`, built by `Starlette.build_middleware_stack` itself
+    from the app's settings with the lane's middleware and `endpoint` in the router's place; None where
+    the lane would not behave as the full stack does."""
     middle = _lane_middleware(app)
     if middle is None:
         return None
-    error_handler = None
-    handlers: dict[Any, Any] = {}
-    for key, value in app.exception_handlers.items():
-        if key in (500, Exception):
-            error_handler = value
-        else:
-            handlers[key] = value
-    stack = [
-        Middleware(ServerErrorMiddleware, handler=error_handler, debug=app.debug),
-        *middle,
-        Middleware(ExceptionMiddleware, handlers=handlers, debug=app.debug),
-    ]
-    built: ASGIApp = endpoint
-    for cls, args, kwargs in reversed(stack):
-        built = cls(built, *args, **kwargs)
-    return built
+    lane = SimpleNamespace(
+        debug=app.debug, exception_handlers=app.exception_handlers, user_middleware=middle, router=endpoint
+    )
+    return Starlette.build_middleware_stack(lane)  # type: ignore[arg-type]
 
 
-def attach(app: Any, routes: dict[str, str], endpoint: Endpoint) -> bool:
-    """Send `POST` requests whose path matches one of `routes` (a regex with named groups -> the route's
-    template) through the lane; the rest through the app's full stack. False: the app keeps its stack."""
+def attach(app: Any, templates: tuple[str, ...], endpoint: Endpoint) -> bool:
+    """Send `POST` requests whose path matches one of the route `templates` (compiled as Starlette's
+    router compiles them) through the lane; the rest through the app's full stack. False: the app keeps
+    its stack."""
     lane = build(app, endpoint)
     if lane is None:
         names = [entry.cls.__name__ for entry in app.user_middleware]
         logger.info("REST inference takes MLServer's full path: middleware %s has no lane", names)
         return False
     full = app.build_middleware_stack()
-    patterns = [(re.compile(pattern), template) for pattern, template in routes.items()]
+    patterns = [(compile_path(template)[0], template) for template in templates]
 
     async def dispatch(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             path = get_route_path(scope)
             for pattern, template in patterns:
-                matched = pattern.fullmatch(path)
+                matched = pattern.match(path)
                 if matched is not None:
                     scope["path_params"] = matched.groupdict()
                     scope["lane.template"] = template
@@ -186,6 +175,7 @@ PATCH = Patch(
         ),
         Target("starlette.applications:Starlette.__call__", "starlette", ("0.46.2",), "5bf3135c4e85"),
         Target("starlette._utils:get_route_path", "starlette", ("0.46.2",), "243011d2a68c"),
+        Target("starlette.routing:compile_path", "starlette", ("0.46.2",), "2220cd2f2fd4"),
         Target(
             "starlette_exporter.middleware:PrometheusMiddleware.__call__",
             "starlette_exporter",

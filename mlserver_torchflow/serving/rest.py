@@ -97,14 +97,6 @@ def _adapt(payload: InferenceRequest, model: Any) -> None:
         inp.data.root = bytes(data) if ours else binary.as_list(data, str(inp.datatype), inp.name)
 
 
-# The infer routes the lane serves (patches/fast_lane.py): Starlette's `{name}` is `[^/]+`.
-LANE_ROUTES = {
-    "/v2/models/(?P<model_name>[^/]+)/infer": "/v2/models/{model_name}/infer",
-    "/v2/models/(?P<model_name>[^/]+)/versions/(?P<model_version>[^/]+)/infer": (
-        "/v2/models/{model_name}/versions/{model_version}/infer"
-    ),
-}
-
 # Triton's names for the extensions this runtime adds (or MLServer has), in the server metadata.
 EXTENSIONS = ("binary_tensor_data", "model_configuration", "model_repository", "statistics")
 
@@ -195,6 +187,7 @@ def mount(frontends: Frontends) -> None:
         ("POST", "/v2/repository/models/{model_name}/load"): load,
         ("POST", "/v2/repository/models/{model_name}/unload"): unload,
     }
+    lane_routes = tuple(path for (_, path), endpoint in replaced.items() if endpoint is infer)
     routes = frontends.app.router.routes
     for i, route in enumerate(routes):
         for method in getattr(route, "methods", None) or ():
@@ -212,4 +205,4 @@ def mount(frontends: Frontends) -> None:
     ]
     routes[:0] = [APIRoute(path, endpoint, methods=["GET"]) for path, endpoint in added]
     if server_settings().rest_fast_lane:
-        fast_lane.attach(frontends.app, LANE_ROUTES, lane_infer)
+        fast_lane.attach(frontends.app, lane_routes, lane_infer)

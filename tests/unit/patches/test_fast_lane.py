@@ -20,7 +20,7 @@ from prometheus_client import REGISTRY
 
 from mlserver_torchflow.patches import fast_lane
 
-ROUTES = {"/v2/models/(?P<model_name>[^/]+)/infer": "/v2/models/{model_name}/infer"}
+ROUTES = ("/v2/models/{model_name}/infer",)
 
 
 @functools.cache
