@@ -101,23 +101,30 @@ class Arrivals:
     The first arrival after a pass ended measures the lag, not the gap. In a closed loop it is one of
     that pass's clients coming back, and the time since the previous arrival is a round trip plus a
     pass: counted as a gap, it made every burst look sparse, so that a batch went as soon as the
-    first client was back, and clients split into groups that alternate on the device."""
+    first client was back, and clients split into groups that alternate on the device.
+
+    Unless the arrival before it came alone too (first after its pass, nobody after it): requests
+    then come one a pass, as a lone client's do, and the interval is their gap. Without this a lone
+    client after a burst never sampled a gap again, kept the burst's, and waited two of them each time."""
 
     gap: float = math.inf
     lag: float = 0.0
     last: float | None = None
     owed: int = 0  # rows the last pass answered, less those arrived since: clients on their way back
     _ended: float | None = None  # when the last pass ended, until the next arrival samples the lag
+    _alone: bool = False  # the last arrival was the first after a pass, and none has come since
 
     def arrived(self, now: float, rows: int) -> None:
         ended, self._ended = self._ended, None
         self.owed = max(self.owed - rows, 0)
-        if self.last is not None and ended is not None and self.last <= ended <= now:
-            sample = now - ended
+        first = self.last is not None and ended is not None and self.last <= ended <= now
+        if first:
+            sample = now - (ended or 0.0)
             self.lag = sample if not self.lag else self.lag + GAP_WEIGHT * (sample - self.lag)
-        elif self.last is not None:
+        if self.last is not None and (self._alone or not first):
             sample = max(now - self.last, 0.0) / max(rows, 1)
             self.gap = sample if math.isinf(self.gap) else self.gap + GAP_WEIGHT * (sample - self.gap)
+        self._alone = first
         self.last = now
 
     def ended(self, now: float, rows: int) -> None:

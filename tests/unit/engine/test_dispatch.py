@@ -177,9 +177,12 @@ def simulate(
     adaptive: bool,
     passes: int = 400,
     population: bool = True,
+    arrivals: Arrivals | None = None,
 ) -> tuple[float, float]:
-    """(requests per second, mean latency) of `clients` closed-loop clients after a warm-up."""
-    cost, arrivals, peak = CostModel(), Arrivals(), Population()
+    """(requests per second, mean latency) of `clients` closed-loop clients after a warm-up; `arrivals`
+    may carry what earlier traffic left behind."""
+    cost, peak = CostModel(), Population()
+    arrivals = arrivals or Arrivals()
     computing = 0
     events: list[tuple[float, int, str]] = []  # (time, order, kind)
     order = 0
@@ -273,6 +276,32 @@ def test_a_lone_client_never_waits(shape: str) -> None:
     fixed, per_row, front = SHAPES[shape]
     _, latency = simulate(1, fixed, per_row, front, adaptive=True)
     assert latency == pytest.approx(fixed + per_row + front, rel=1e-6)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_a_lone_client_after_a_burst_stops_waiting(shape: str) -> None:
+    """A burst left a 0.3 ms gap behind. Every request of the lone client that follows comes first
+    after a pass (a lag, not a gap); when the one before it came alone too, the interval is its gap,
+    so within a few requests it is served at once again instead of held two burst gaps each time."""
+    fixed, per_row, front = SHAPES[shape]
+    burst = Arrivals()
+    for k in range(20):
+        burst.arrived(k * 0.3 * MS, 1)
+    _, latency = simulate(1, fixed, per_row, front, adaptive=True, arrivals=burst)
+    assert latency == pytest.approx(fixed + per_row + front, rel=1e-6)
+    assert burst.gap > fixed
+
+
+def test_a_request_alone_after_its_pass_samples_the_gap_only_when_the_last_one_was_alone_too() -> None:
+    arrivals = Arrivals()
+    for at in (0.0, 0.3, 0.6):  # a burst: 0.3 ms apart
+        arrivals.arrived(at * MS, 1)
+    arrivals.ended(20 * MS, 3)
+    arrivals.arrived(21 * MS, 1)  # first after the pass: the lag, the gap stays the burst's
+    assert arrivals.gap == pytest.approx(0.3 * MS) and arrivals.lag == pytest.approx(1 * MS)
+    arrivals.ended(41 * MS, 1)
+    arrivals.arrived(42 * MS, 1)  # alone again, after one alone: one request a pass, 21 ms apart
+    assert arrivals.gap == pytest.approx(0.3 * MS + 0.2 * (21 * MS - 0.3 * MS))
 
 
 @pytest.mark.parametrize("shape", SHAPES)
