@@ -20,7 +20,8 @@ import numpy as np
 from ..common import Named, rows_of
 from ..config import BatchConfig
 from ..errors import QueueFull, Unloading
-from .dispatch import Alarm, Arrivals, CoreUse, Population, hold, stage_next
+from .clients import Population
+from .dispatch import Alarm, Arrivals, CoreUse, hold, stage_next
 from .merging import BatchKey, batch_key
 from .offload import Pipeline, RunFn
 from .passes import Passes, deliver
@@ -42,10 +43,7 @@ class Batcher:
     ) -> None:
         self.config = config
         self._metrics = metrics
-        declared = {"host": True, "device": False}.get(config.compute_on)
-        if declared is None and device_type == "cuda":
-            declared = False  # kernels run on the GPU; the host thread's CPU time is spent spinning in syncs
-        self.core = CoreUse(declared)
+        self.core = CoreUse.of(config.compute_on, device_type)
         self._arrivals = Arrivals()
         self._population = Population()
         self._outstanding = 0  # requests submitted and not answered yet (queued or computing)
@@ -68,7 +66,6 @@ class Batcher:
         """The model's outputs for these rows; `phases`, when given, receives where the time went.
         `priority` and `timeout_us` are the request's own (Triton's parameters; 0 / None: the defaults)."""
         self._outstanding += 1
-        self._population.arrived(self._outstanding)
         try:
             return await self._submit(arrays, phases, priority, timeout_us)
         finally:
@@ -84,6 +81,7 @@ class Batcher:
         rows = rows_of(arrays)
         now = time.monotonic()
         self._arrivals.arrived(now, rows)
+        self._population.arrived(self._outstanding, now, rows, self._arrivals.lag)
         if key is None or not self._passes.splittable or self.config.max_batch_size <= 1:
             return await self._passes.run_alone(arrays, phases)
         level = level_of(self.config, priority)
@@ -149,9 +147,8 @@ class Batcher:
 
     def describe(self) -> str:
         """Where the passes compute and what the batcher has learnt of their cost, for metadata and logs."""
-        fits = self._passes.fits()
-        cost = f"; pass ~{fits[-1][0] * 1e3:.2f} ms + {fits[-1][1] * 1e3:.3f} ms/row" if fits else ""
-        return f"computes on the {self.core.describe()}{cost}"
+        clients = self._population.describe(self._arrivals.lag)
+        return f"computes on the {self.core.describe()}{self._passes.describe()}{clients}"
 
     async def _dispatch_loop(self) -> None:
         while True:
@@ -165,7 +162,7 @@ class Batcher:
             first = self._queue.first()
             wait = self._hold(first, now)
             if wait <= 0:
-                self._launch(self._take(first.key))
+                self._launch(first.key)
             else:
                 await self._wake.sleep(wait if next_expiry is None else min(wait, next_expiry))
 
@@ -176,10 +173,11 @@ class Batcher:
         rows = first.rows + sum(i.rows for i in others if i.key == first.key)
         cost = self._passes.cost(first.key)
         freed = self._freed  # waiting behind a pass is not waiting for company
-        if self._in_flight:  # off-core, a pass running: hand over just before it ends (dispatch.stage_next),
-            # full or not: a request of a higher priority level may still come
-            # early enough for the fit's usual miss, never more than a quarter of the pass; a pipeline
-            # also needs the time to stage the batch, so that its copy in overlaps the running pass
+        if (
+            self._in_flight
+        ):  # off-core, a pass running: hand over just before it ends (dispatch.stage_next), full
+            # or not (a higher priority may come), early enough for the fit's usual miss, never more than a quarter
+            # of the pass; plus the time to stage it, so that a pipeline's copy in overlaps the running pass
             staging = self._passes.staging(first.key).predict(rows)
             lead = min(LEAD + 2 * cost.spread(), 0.25 * cost.predict(rows)) + staging
             if not stage_next(now, self._running_ends, lead):
@@ -189,6 +187,11 @@ class Batcher:
         # pass running its clients come back after it, so the hold rule weighs them as usual.
         if rows >= config.max_batch_size or self._population.all_in(1 + len(others)):
             return 0.0
+        fixed, per_row = cost.fit()
+        # Off-core, closed-loop clients may do better in groups that take turns on the device (clients.py).
+        split = None if self.core.on_core else self._population.group_rows(fixed, per_row, self._arrivals.lag)
+        if split is not None and rows >= split:
+            return 0.0
         arrivals = self._arrivals
         ends = self._running_ends if self._in_flight else self._freed
         return hold(
@@ -196,7 +199,7 @@ class Batcher:
             now - max(first.enqueued, freed),
             arrivals.quiet(now, ends, freed),
             arrivals.gap,
-            cost.fit()[0],
+            fixed,
             config.max_batch_size,
             config.max_batch_time,
             arrivals.owed,
@@ -220,18 +223,14 @@ class Batcher:
         self._metrics.queue_rows(self._queue.rows)
         self._metrics.queue_levels(self._queue.sizes())
 
-    def _take(self, key: BatchKey) -> list[Queued]:
+    def _launch(self, key: BatchKey) -> None:
         """In priority order among compatible requests, up to max_batch_size rows (a larger one alone)."""
-        taken = self._queue.take(key, self.config.max_batch_size)
+        items = self._queue.take(key, self.config.max_batch_size)
         self._report_queue()
-        return taken
-
-    def _launch(self, items: list[Queued]) -> None:
         self._in_flight += 1
         rows = sum(i.rows for i in items)
-        self._running_ends = max(time.monotonic(), self._running_ends) + self._passes.cost(
-            items[0].key
-        ).predict(rows)
+        predicted = self._passes.cost(key).predict(rows)
+        self._running_ends = max(time.monotonic(), self._running_ends) + predicted
         task = asyncio.get_running_loop().create_task(self._pass(items, rows))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -247,5 +246,5 @@ class Batcher:
         """A pass over `rows` rows ended (0: the lone request joined a batch instead)."""
         self._freed = time.monotonic()
         self._arrivals.ended(self._freed, rows)
-        self._population.passed()
+        self._population.passed(self._freed, rows)
         self._wake.set()

@@ -17,7 +17,7 @@ cancels: it is paid whether a row waits or not. So a lone client (its gap is at 
 has come in; a row-bound one (small `F`) hardly holds at all. A hold ends at the next arrival (the
 question is asked again), when no row came for two gaps (the burst is over: nobody is coming), when
 the batch is full, or at `max_batch_time` after the oldest request: the longest anyone waits for company.
-It also ends once every client is in (`Population`): in a closed loop, when the requests waiting are as
+It also ends once every client is in (`clients.Population`): in a closed loop, when the requests waiting are as
 many as the peak of those outstanding, the rest of the burst would only be the two-gap wait.
 
 `CoreUse` tells whether the device computes on the server's own cores (CPU time of the executor
@@ -33,7 +33,6 @@ import math
 from dataclasses import dataclass
 
 DECAY = 0.9  # weight a cost sample keeps per newer one: about the last 10 passes count
-PEAK_DECAY = 0.97  # what the clients' peak keeps per pass: 32 clients become 8 in about 45 passes
 GAP_WEIGHT = 0.2  # weight of the newest gap in the running mean: about the last 5 arrivals count
 BURST_GAPS = 2.0  # no row for this many mean gaps: the burst is over
 MIN_HOLD = 50e-6  # seconds: a shorter hold costs more in timer wake-ups than it could gain
@@ -169,33 +168,19 @@ def hold(
 
 
 @dataclass
-class Population:
-    """How many requests the clients keep outstanding at their peak. Closed-loop clients (each waits for
-    its answer before it sends again) have all come back when the requests waiting (none computing)
-    are as many as that peak: nobody else is coming, and holding longer only adds latency. While a
-    pass computes, its clients are still to come back, so the hold rule decides; an open loop seldom
-    sits at its recent peak, so there too."""
-
-    peak: float = 0.0
-
-    def arrived(self, outstanding: int) -> None:
-        self.peak = max(self.peak, float(outstanding))
-
-    def passed(self) -> None:
-        """After each pass: a peak not reached again fades (fewer clients now)."""
-        self.peak *= PEAK_DECAY
-
-    def all_in(self, outstanding: int) -> bool:
-        return self.peak >= 2 and outstanding >= self.peak
-
-
-@dataclass
 class CoreUse:
     """Whether passes compute on the server's cores: a running mean of thread CPU / wall time, or a
     declared answer (`True`: on our cores, `False`: off them) that measurements never change."""
 
     declared: bool | None = None
     _ratio: float | None = None
+
+    @classmethod
+    def of(cls, compute_on: str, device_type: str) -> CoreUse:
+        """From the `compute_on` setting (`host`, `device`, or `auto`: measured, except on CUDA, whose
+        kernels run on the GPU while the host thread's CPU time is spent spinning in syncs)."""
+        declared = {"host": True, "device": False}.get(compute_on)
+        return cls(False if declared is None and device_type == "cuda" else declared)
 
     def observe(self, cpu: float, wall: float) -> None:
         if wall <= 0:

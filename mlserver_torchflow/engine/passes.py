@@ -71,8 +71,10 @@ class Passes:
             self.core.observe(cpu, wall)
             self.cost(key).observe(rows, wall)
 
-    def fits(self) -> list[tuple[float, float]]:
-        return [c.fit() for c in self._costs.values() if c.known]
+    def describe(self) -> str:
+        """The cost fit of the latest batch shape, for metadata and logs."""
+        fits = [c.fit() for c in self._costs.values() if c.known]
+        return f"; pass ~{fits[-1][0] * 1e3:.2f} ms + {fits[-1][1] * 1e3:.3f} ms/row" if fits else ""
 
     async def execute(self, items: list[Queued], inline: bool = False) -> None:
         """Run `items` as one batch and answer each; `inline`: the caller found nobody else waiting, so

@@ -14,7 +14,8 @@ import math
 import numpy as np
 import pytest
 
-from mlserver_torchflow.engine.dispatch import Arrivals, CoreUse, CostModel, Population, hold, stage_next
+from mlserver_torchflow.engine.clients import Population
+from mlserver_torchflow.engine.dispatch import Arrivals, CoreUse, CostModel, hold, stage_next
 
 MS = 1e-3
 
@@ -315,18 +316,3 @@ def test_once_every_client_is_in_the_batch_goes_without_the_bursts_tail(shape: s
     assert with_peak[1] <= without[1]
     if shape == "launch":  # the tail is 2 gaps of 0.5 ms in a cycle of about 25 ms
         assert with_peak[1] < without[1] - 0.5 * MS
-
-
-def test_the_peak_follows_the_clients_and_fades_when_they_leave() -> None:
-    peak = Population()
-    assert not peak.all_in(1)  # nothing seen: no claim
-    for outstanding in (1, 2, 3, 4):
-        peak.arrived(outstanding)
-    assert peak.all_in(4) and not peak.all_in(3)
-    for _ in range(10):  # now 3 clients: after a few passes the peak of 4 is forgotten
-        peak.passed()
-        peak.arrived(3)
-    assert peak.all_in(3)
-    lone = Population()
-    lone.arrived(1)
-    assert not lone.all_in(1), "one client is the hold rule's case (it never waits), not this one's"
