@@ -25,7 +25,7 @@ import models
 from dispatch_report import real_rows, sections, sim_rows
 from plot import plot
 from report import machine_tag, markdown, no_nan
-from servers import HERE, REPO, server_configs, split_cpus
+from servers import HERE, REPO, ServerConfig, server_configs, split_cpus
 from suite import run_suite
 
 
@@ -64,6 +64,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=300.0,
         help="seconds of such waits, in all",
+    )
+    parser.add_argument(
+        "--no-floor-waited",
+        dest="floor_waited",
+        action="store_false",
+        help="skip the floor that waits one pass at 1 client (the 1-client latency reference)",
     )
     parser.add_argument("--client-mode", choices=("asyncio", "threads"), default="asyncio")
     parser.add_argument("--client-procs", type=int, default=1, help="client processes, one core each")
@@ -106,10 +112,18 @@ def run_pass(args: argparse.Namespace, pinned: bool, tag: str) -> str:
     args.server_cpus_used, args.client_cpus_used = server_cpus or "all", client_cpus or "all"
     configs = server_configs(args)
     no_floor = [c for c in configs if c.group != "floor"]
+    waiting = (
+        [ServerConfig("floor-waited", "floor", "floor.WaitingFloor", None, True, 1)]
+        if args.floor_waited
+        else []
+    )
 
     def configs_of(model: str) -> list:
-        # The sims share one payload ([N, 16] in, [N, 10] out): the floor runs once, with the first.
-        return configs if model not in args.sims or model == args.sims[0] else no_floor
+        # The sims share one payload ([N, 16] in, [N, 10] out): the floor runs once, with the first; the
+        # floor that waits one pass runs at 1 client with each (the least latency there).
+        if model not in args.sims:
+            return configs
+        return (configs if model == args.sims[0] else no_floor) + waiting
 
     print(
         f"[dispatch] {tag}: models {args.models}, servers {[c.key for c in configs]}, protocols "

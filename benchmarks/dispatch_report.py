@@ -42,7 +42,8 @@ def bound(conc: int, fixed: float, per_row: float, floor_cost: float) -> float:
 def sim_rows(points: list[Point], sims: dict[str, Any], protocols: list[str], concs: list[int]) -> list[dict]:
     """One row per sim shape, protocol and concurrency. f = 1 / the floor's req/s at the top concurrency,
     from whichever sim model the floor ran with (they share the [N, 16] payload)."""
-    floors = [p for p in points if p.group == "floor" and p.model in sims and p.ok > 0]
+    floors = [p for p in points if p.server == "floor" and p.model in sims and p.ok > 0]
+    waited = [p for p in points if p.server == "floor-waited" and p.ok > 0]
     top, rows = max(concs), []
     for model, spec in sims.items():
         fixed, per_row = spec.fixed, spec.per_row
@@ -55,6 +56,7 @@ def sim_rows(points: list[Point], sims: dict[str, Any], protocols: list[str], co
                 ours, peer = _ours(group), best_of([p for p in group if p.group == "peer"])
                 ideal = bound(conc, fixed, per_row, cost)
                 target = (fixed + per_row) * 1e3 + floor_one.p50_ms if conc == 1 and floor_one else NAN
+                wait = next((p for p in _at(waited, model=model, protocol=proto, concurrency=conc)), None)
                 rows.append(
                     {
                         "model": model,
@@ -69,6 +71,7 @@ def sim_rows(points: list[Point], sims: dict[str, Any], protocols: list[str], co
                         "floor_us_per_req": cost * 1e6,
                         "bound_rps": ideal,
                         "target_p50_ms": target,
+                        "waited_p50_ms": wait.p50_ms if wait else NAN,
                         "problems": problems(group),
                     }
                 )
@@ -115,12 +118,15 @@ def sections(sim: list[dict], real: list[dict]) -> list[str]:
             "the floor's req/s at the top concurrency (same protocol). `ours/bound`, `peer/bound`, "
             "`ours/peer`: throughput ratios (`peer` = the peer's better configuration at that point, named "
             "in `cfg`). `p50 target` (1 client only) = F + R + the floor's 1-client p50; `p50/target` "
-            f"is met at ≤ {P50_SLACK:.2f}. `problems`: failed/erroring/wrong points, and `busy` ones, where "
+            f"is met at ≤ {P50_SLACK:.2f}. `waited p50` (1 client): the floor that waits F + R on a thread "
+            "before answering, measured: the least any runtime on this MLServer shows, wake-ups of an idle "
+            "machine included; `p50/waited` compares ours with it. `problems`: failed/erroring/wrong points, and `busy` ones, where "
             f"the rest of the machine used more than {BUSY_CORES} cores during the window (noise).",
             "",
             "| model | F ms | R ms | proto | C | ours req/s | peer req/s | cfg | floor µs/req | bound req/s "
-            "| ours/bound | peer/bound | ours/peer | ours p50 ms | p50 target ms | p50/target | problems |",
-            "|" + "---|" * 17,
+            "| ours/bound | peer/bound | ours/peer | ours p50 ms | p50 target ms | p50/target | waited p50 ms "
+            "| p50/waited | problems |",
+            "|" + "---|" * 19,
         ]
         for r in sim:
             p50 = ratio(r["ours_p50_ms"], r["target_p50_ms"]) + _verdict(r["ours_p50_ms"], r["target_p50_ms"])
@@ -131,6 +137,7 @@ def sections(sim: list[dict], real: list[dict]) -> list[str]:
                 f"| {ratio(r['ours_rps'], r['bound_rps'])} | {ratio(r['peer_rps'], r['bound_rps'])} "
                 f"| {ratio(r['ours_rps'], r['peer_rps'])} | {fmt(r['ours_p50_ms'], 2)} "
                 f"| {fmt(r['target_p50_ms'], 2)} | {p50 if r['concurrency'] == 1 else ''} "
+                f"| {fmt(r['waited_p50_ms'], 2)} | {ratio(r['ours_p50_ms'], r['waited_p50_ms'])} "
                 f"| {r['problems'] or ''} |"
             )
     if real:

@@ -16,6 +16,9 @@ Python lists by MLServer's converter) and of the response, as any runtime on MLS
 
 from __future__ import annotations
 
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from mlserver import MLModel
@@ -65,3 +68,20 @@ class FloorRuntime(MLModel):
             "input": tensors(self.inputs),
             "output": tensors(self.outputs),
         }
+
+
+class WaitingFloor(FloorRuntime):
+    """The floor that first waits `wait_s` seconds (model-settings extra) on a thread of its own, as a pass
+    on a device keeps the host waiting: the least 1-client latency any runtime on this MLServer can show for
+    a model whose pass takes that long. It is more than the floor's p50 plus the wait: a machine left idle
+    for the wait wakes up slower (dispatch.py runs it at 1 client beside each simulated device)."""
+
+    async def load(self) -> bool:
+        extra = (self.settings.parameters.extra if self.settings.parameters else None) or {}
+        self._wait = float(extra.get("wait_s", 0.0))
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="waiting-floor")
+        return await super().load()
+
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        await asyncio.get_running_loop().run_in_executor(self._thread, time.sleep, self._wait)
+        return await super().predict(payload)

@@ -59,7 +59,7 @@ def summary_rows(points: list[Point], args: argparse.Namespace) -> list[dict[str
     for (model, protocol, nrows, conc), group in keyed.items():
         ours = next((p for v in args.ours for p in group if p.server == f"ours-{v}" and p.ok > 0), None)
         peer = best_of([p for p in group if p.group == "peer"])
-        floor = next((p for p in group if p.group == "floor"), None)
+        floor = next((p for p in group if p.server == "floor"), None)
         bad = sum(p.errors + p.wrong for p in group) + sum(1 for p in group if p.failed)
         rows.append(
             {

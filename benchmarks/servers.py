@@ -52,6 +52,8 @@ class ServerConfig:
     group: str  # "ours" | "peer" | "floor"
     implementation: str
     batching: tuple[int, float] | None  # (max_batch_size, max_batch_time)
+    waits: bool = False  # the floor that waits a sim's F + R before answering (floor.WaitingFloor)
+    only_concurrency: int | None = None  # measured at this concurrency only
 
     def label(self) -> str:
         if self.batching is None:
@@ -182,6 +184,8 @@ def start_server(
         settings["parameters"] = {"uri": str(model_path)}
     if cfg.group == "ours":
         settings["parameters"]["extra"] = extra if extra is not None else {"device": "cpu"}
+    if cfg.group == "floor" and extra is not None:  # floor.WaitingFloor: how long it waits
+        settings["parameters"] = {"extra": extra}
     if cfg.group == "floor":  # metadata only (the floor never reads it): names for its config endpoint
         settings["inputs"] = [{"name": "input-0", "datatype": "FP32", "shape": [-1, *row_shape]}]
         settings["outputs"] = [{"name": "output-0", "datatype": "FP32", "shape": [-1, 10]}]

@@ -48,6 +48,11 @@ def run_suite(
     return res
 
 
+def _extra(cfg: ServerConfig, spec: Any) -> dict[str, Any] | None:
+    """The waiting floor's wait: one pass of the simulated device over one row."""
+    return {"wait_s": spec.fixed + spec.per_row} if cfg.waits else None
+
+
 def _grid(args: argparse.Namespace) -> list[tuple[str, int, int]]:
     return [(p, r, c) for p in args.protocols for r in args.rows for c in args.concurrency]
 
@@ -67,7 +72,7 @@ def _one_server(
     deaths: list[dict[str, Any]] = []
     print(f"[bench] starting {key}", flush=True)
     try:
-        server = start_server(cfg, model, model_path, server_cpus, spec.row_shape)
+        server = start_server(cfg, model, model_path, server_cpus, spec.row_shape, _extra(cfg, spec))
     except Exception as err:
         res.ifaces[key] = {"error": f"did not start: {first_line(err, 200)}"}
         print(f"[bench] {key} did not start: {err}", flush=True)
@@ -86,6 +91,8 @@ def _one_server(
             iface = None
         mark = len(server.log())
         for proto, rows, conc in _grid(args):
+            if cfg.only_concurrency is not None and conc != cfg.only_concurrency:
+                continue
             point = Point(model, cfg.key, cfg.group, proto, rows, conc)
             if iface is not None and server.proc is not None and server.proc.poll() is not None:
                 # It died during the previous point: keep its log, start it again, go on.
@@ -97,7 +104,9 @@ def _one_server(
                     flush=True,
                 )
                 try:
-                    server = start_server(cfg, model, model_path, server_cpus, spec.row_shape)
+                    server = start_server(
+                        cfg, model, model_path, server_cpus, spec.row_shape, _extra(cfg, spec)
+                    )
                     mark = 0
                 except Exception as err:
                     iface = None

@@ -173,11 +173,10 @@ class Batcher:
         rows = first.rows + sum(i.rows for i in others if i.key == first.key)
         cost = self._passes.cost(first.key)
         freed = self._freed  # waiting behind a pass is not waiting for company
-        if (
-            self._in_flight
-        ):  # off-core, a pass running: hand over just before it ends (dispatch.stage_next), full
-            # or not (a higher priority may come), early enough for the fit's usual miss, never more than a quarter
-            # of the pass; plus the time to stage it, so that a pipeline's copy in overlaps the running pass
+        # Off-core, a pass running: hand over just before it ends (dispatch.stage_next), full or not (a higher
+        # priority may come), early enough for the fit's usual miss, never more than a quarter of the pass,
+        # plus the time to stage it, so that a pipeline's copy in overlaps the running pass.
+        if self._in_flight:
             staging = self._passes.staging(first.key).predict(rows)
             lead = min(LEAD + 2 * cost.spread(), 0.25 * cost.predict(rows)) + staging
             if not stage_next(now, self._running_ends, lead):

@@ -7,7 +7,8 @@ computing) are as many as that peak: nobody else is coming, and holding longer o
 While a pass computes, its clients are still to come back, so the hold rule decides; an open loop
 seldom sits at its recent peak, so there too.
 
-Groups. Closed-loop clients all in one batch leave the device idle while the event loop writes their answers and reads their next requests: a round costs
+Groups. Closed-loop clients all in one batch leave the device idle while the event loop writes their
+answers and reads their next requests: a round costs
 
     F + R C + L + C c          (one group: the pass, then every client's turn through the loop)
 
@@ -23,6 +24,11 @@ fixed cost (many clients, a short fixed cost, a row-bound device), never on a la
 fixed, 32 clients at 0.4 ms each: one group, 37 ms a round, against 43 ms for two). A batch of C / k
 rows then goes without waiting for the rest: they come back while it computes and form the next one.
 
+The model only proposes; the rows served decide. Groups are a trial of TRIAL passes, kept if they serve
+KEEP times the rows a second that one group served just before, else undone for BLOCKED passes: the
+lag and `c` measured in one arrangement do not hold in the other, and where the model's margin is thin
+(8 clients of a 5 ms fixed cost here) two groups served fewer requests than one.
+
 `c` is measured, not assumed: `Returns` times how long each pass's clients take to be back (from the
 pass's end until as many rows arrived as it answered), less the lag, per further row. The gap between
 arrivals cannot tell it: the loop writes a batch's answers before it reads the requests they bring
@@ -35,10 +41,15 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
-from .dispatch import GAP_WEIGHT
+from .dispatch import DECAY, GAP_WEIGHT
 
 MOST_GROUPS = 4  # more groups pay more fixed costs than any loop time they could hide here
-GAIN = 0.9  # split only for a round at least 10% shorter: a marginal model gain is within its error
+SPLIT = 0.8  # groups form for a round at least 20% shorter: a smaller gain is within the model's error
+REJOIN = 0.9  # and stay while it is at least 10% shorter (clients alternating between the two lose most)
+TRIAL = 30  # passes in groups after which the rows served are compared with one group's just before
+KEEP = 1.05  # groups stay if they serve at least 5% more rows a second than one group did
+BLOCKED = 100  # passes without a new trial after one that did not pay
+SETTLED = 20  # passes in one arrangement before its rate counts (a trial's baseline, the verdict)
 PEAK_DECAY = 0.97  # what the clients' peak keeps per pass: 32 clients become 8 in about 45 passes
 TRACKED = 2  # passes whose clients may still be coming back: the last two (two groups take turns)
 STALE = 0.5  # seconds: clients not back by then are not a closed loop at this pace (they left, or think)
@@ -52,9 +63,12 @@ def round_seconds(groups: int, fixed: float, per_row: float, clients: int, back:
     return max(device, loop, fixed + lag + (per_row * clients + loop) / groups)
 
 
-def group_rows(fixed: float, per_row: float, clients: float, back: float, lag: float) -> int | None:
+def group_rows(
+    fixed: float, per_row: float, clients: float, back: float, lag: float, grouped: bool = False
+) -> int | None:
     """Rows at which a batch goes without waiting for the rest of `clients` (a fading peak: rounded), or
-    None where one group is best (or nothing is known yet)."""
+    None where one group is best (or nothing is known yet). `grouped`: groups are in place now, which
+    they keep at a smaller gain (REJOIN) than they form at (SPLIT)."""
     count = round(clients)
     if count < 2 or back <= 0:
         return None
@@ -62,7 +76,7 @@ def group_rows(fixed: float, per_row: float, clients: float, back: float, lag: f
     best, rounds = min(
         (round_seconds(k, fixed, per_row, count, back, lag), k) for k in range(1, min(MOST_GROUPS, count) + 1)
     )
-    if rounds == 1 or best > GAIN * one:
+    if rounds == 1 or best > (REJOIN if grouped else SPLIT) * one:
         return None
     return math.ceil(count / rounds)
 
@@ -74,36 +88,76 @@ class Population:
 
     peak: float = 0.0
     returns: Returns = field(default_factory=lambda: Returns())
+    grouped: bool = False  # the last answer of group_rows: groups in place
+    _rows: float = 0.0  # rows served and seconds between pass ends, decayed sums: the recent rate
+    _seconds: float = 0.0
+    _last_end: float | None = None
+    _trial: int = 0  # passes left before groups are judged
+    _baseline: float = 0.0  # one group's rate when the trial began
+    _blocked: int = 0  # passes left without a new trial
+    _settled: int = 0  # passes since the arrangement last changed
 
     def arrived(self, outstanding: int, now: float = 0.0, rows: int = 0, lag: float = 0.0) -> None:
         self.peak = max(self.peak, float(outstanding))
         self.returns.arrived(now, rows, lag)
 
     def passed(self, now: float = 0.0, rows: int = 0) -> None:
-        """After each pass (over `rows` rows, ended `now`): a peak not reached again fades."""
+        """After each pass (over `rows` rows, ended `now`): a peak not reached again fades, and groups on
+        trial are judged once it is over."""
         self.peak *= PEAK_DECAY
         self.returns.ended(now, rows)
+        if self._last_end is not None and rows:
+            self._rows = self._rows * DECAY + rows
+            self._seconds = self._seconds * DECAY + (now - self._last_end)
+        self._last_end = now if rows else self._last_end
+        self._blocked = max(self._blocked - 1, 0)
+        self._settled += 1
+        if self._trial and self.grouped:
+            self._trial -= 1
+            if not self._trial and self.rate() < KEEP * self._baseline:
+                self.grouped, self._blocked, self._settled = False, BLOCKED, 0
+
+    def rate(self) -> float:
+        """Rows served per second, recently."""
+        return self._rows / self._seconds if self._seconds > 0 else 0.0
 
     def all_in(self, outstanding: int) -> bool:
         return self.peak >= 2 and outstanding >= self.peak
 
     def group_rows(self, fixed: float, per_row: float, lag: float) -> int | None:
         """`group_rows` for these clients: rows at which a batch goes without the rest."""
-        return group_rows(fixed, per_row, self.peak, self.returns.per_row, lag)
+        if self._blocked or (not self.grouped and self._settled < SETTLED):
+            return None
+        rows = group_rows(fixed, per_row, self.peak, self.returns.per_row, lag, self.grouped)
+        if rows is not None and not self.grouped:  # a trial begins
+            self._baseline, self._trial = self.rate(), TRIAL
+        if self.grouped != (rows is not None):
+            self.grouped, self._settled = rows is not None, 0
+        return rows
 
     def describe(self, lag: float) -> str:
         back = self.returns.per_row
-        return f"; clients back {lag * 1e3:.2f} ms after a pass, +{back * 1e3:.2f} ms each" if back else ""
+        if not back:
+            return ""
+        state = "groups take turns" if self.grouped else "one group"
+        state += (
+            " (on trial)"
+            if self._trial and self.grouped
+            else " (groups did not pay)"
+            if self._blocked
+            else ""
+        )
+        return f"; clients back {lag * 1e3:.2f} ms after a pass, +{back * 1e3:.2f} ms each; {state}"
 
 
 @dataclass
 class Returns:
     """How long each further client of a pass takes to come back: from its end until as many rows
     arrived as it answered, less the lag (the first one's), over the rows after the first (a running
-    mean; passes of one row say nothing of it). An arrival pays off the newest pass that ended: in one group that
-    is its own; in two that take turns, a group's clients are back before the other's pass ends, and
-    one late is charged to the next pass, which reads shorter: a bias towards one group, never towards
-    splitting. A pass whose clients left is forgotten, never charged to later ones."""
+    mean; passes of one row say nothing of it). An arrival pays off the newest pass that ended: in one
+    group that is its own; in two that take turns, a group's clients are back before the other's pass
+    ends, and one late is charged to the next pass, which reads shorter: a bias towards one group,
+    never towards splitting. A pass whose clients left is forgotten, never charged to later ones."""
 
     per_row: float = 0.0
     _passes: deque[list[float]] = field(default_factory=deque)  # [ended, rows, rows still to come]

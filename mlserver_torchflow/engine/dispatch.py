@@ -17,8 +17,9 @@ cancels: it is paid whether a row waits or not. So a lone client (its gap is at 
 has come in; a row-bound one (small `F`) hardly holds at all. A hold ends at the next arrival (the
 question is asked again), when no row came for two gaps (the burst is over: nobody is coming), when
 the batch is full, or at `max_batch_time` after the oldest request: the longest anyone waits for company.
-It also ends once every client is in (`clients.Population`): in a closed loop, when the requests waiting are as
-many as the peak of those outstanding, the rest of the burst would only be the two-gap wait.
+It also ends once every client is in (`clients.Population`): in a closed loop, when the requests
+waiting are as many as the peak of those outstanding, the rest of the burst would only be the two-gap
+wait; and off-core, at the rows of a group, where closed-loop clients do better taking turns.
 
 `CoreUse` tells whether the device computes on the server's own cores (CPU time of the executor
 thread close to its wall time) or off them (a GPU, or anything that releases the GIL and waits).

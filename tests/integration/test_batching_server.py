@@ -39,9 +39,7 @@ def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, busy: Saved
 ) -> Iterator[Server]:
     repo = tmp_path_factory.mktemp(f"batching-{request.param}")
-    write_model_settings(
-        repo / "mlp", "mlp", busy.path, mlserver=BATCHING, preferred_batch_sizes=[4, 8, 16]
-    )
+    write_model_settings(repo / "mlp", "mlp", busy.path, mlserver=BATCHING, preferred_batch_sizes=[4, 8, 16])
     with Server(repo, parallel_workers=request.param).running(["mlp"]) as srv:
         yield srv
 

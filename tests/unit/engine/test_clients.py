@@ -15,7 +15,7 @@ import heapq
 
 import pytest
 
-from mlserver_torchflow.engine.clients import Population, Returns, group_rows, round_seconds
+from mlserver_torchflow.engine.clients import SETTLED, TRIAL, Population, Returns, group_rows, round_seconds
 from mlserver_torchflow.engine.dispatch import Arrivals, CostModel, hold
 
 MS = 1e-3
@@ -53,6 +53,43 @@ def test_group_rows(
     fixed: float, per_row: float, clients: int, back: float, lag: float, expected: int | None
 ) -> None:
     assert group_rows(fixed, per_row, clients, back, lag) == expected
+
+
+def settled(
+    population: Population, rows: int, every: float, passes: int = SETTLED, start: float = 0.0
+) -> Population:
+    """`population` after `passes` passes of `rows` rows, one every `every` seconds from `start`."""
+    for k in range(passes):
+        population.passed(start + (k + 1) * every, rows)
+        population.peak = max(population.peak, 8.0)
+    return population
+
+
+@pytest.mark.parametrize(("every", "kept"), [(9 * MS, False), (6 * MS, True)])
+def test_groups_on_trial_stay_only_if_they_serve_more(every: float, kept: bool) -> None:
+    """One group served 8 rows every 16 ms (500 a second). Two groups serving 4 rows every 9 ms (444) are
+    undone after the trial, and not tried again for a while; every 6 ms (667), they stay."""
+    population = settled(Population(peak=8.0), rows=8, every=16 * MS)
+    population.returns.per_row = 1.0 * MS  # the model: 18 ms a round in one group, 13.4 in two
+    assert population.group_rows(5 * MS, 0.3 * MS, 3 * MS) == 4 and population.grouped
+    settled(population, rows=4, every=every, passes=TRIAL, start=SETTLED * 16 * MS)
+    assert population.grouped is kept
+    assert (population.group_rows(5 * MS, 0.3 * MS, 3 * MS) == 4) is kept
+
+
+def test_groups_form_at_a_clear_gain_and_keep_at_a_smaller_one() -> None:
+    """8 clients of the middle shape with a slow loop: 14.4 ms a round in one group, 12.4 in two (0.86).
+    Not enough to split (a mix of one and two groups loses to both), enough to stay split."""
+    args = (5 * MS, 0.3 * MS, 8, 0.5 * MS, 3 * MS)
+    assert group_rows(*args) is None
+    assert group_rows(*args, grouped=True) == 4
+    population = settled(Population(peak=8.0), rows=8, every=15 * MS)
+    population.returns.per_row = 0.5 * MS
+    assert population.group_rows(5 * MS, 0.3 * MS, 3 * MS) is None and not population.grouped
+    population.returns.per_row = 1.0 * MS  # the loop slows: 18 against 13.4 ms, groups form
+    assert population.group_rows(5 * MS, 0.3 * MS, 3 * MS) == 4 and population.grouped
+    population.returns.per_row = 0.5 * MS  # back to 0.86: they stay
+    assert population.group_rows(5 * MS, 0.3 * MS, 3 * MS) == 4
 
 
 def test_a_round_in_groups_is_the_longest_of_device_loop_and_one_groups_cycle() -> None:
