@@ -120,7 +120,8 @@ def sections(sim: list[dict], real: list[dict]) -> list[str]:
             "in `cfg`). `p50 target` (1 client only) = F + R + the floor's 1-client p50; `p50/target` "
             f"is met at ≤ {P50_SLACK:.2f}. `waited p50` (1 client): the floor that waits F + R on a thread "
             "before answering, measured: the least any runtime on this MLServer shows, wake-ups of an idle "
-            "machine included; `p50/waited` compares ours with it. `problems`: failed/erroring/wrong points, and `busy` ones, where "
+            "machine included; `p50/waited` compares ours with it. `problems`: failed/erroring/wrong points, "
+            "and `busy` ones, where "
             f"the rest of the machine used more than {BUSY_CORES} cores during the window (noise).",
             "",
             "| model | F ms | R ms | proto | C | ours req/s | peer req/s | cfg | floor µs/req | bound req/s "

@@ -41,7 +41,7 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
-from .dispatch import DECAY, GAP_WEIGHT
+from .dispatch import DECAY, toward
 
 MOST_GROUPS = 4  # more groups pay more fixed costs than any loop time they could hide here
 SPLIT = 0.8  # groups form for a round at least 20% shorter: a smaller gain is within the model's error
@@ -139,14 +139,10 @@ class Population:
         back = self.returns.per_row
         if not back:
             return ""
-        state = "groups take turns" if self.grouped else "one group"
-        state += (
-            " (on trial)"
-            if self._trial and self.grouped
-            else " (groups did not pay)"
-            if self._blocked
-            else ""
-        )
+        if self.grouped:
+            state = "groups take turns (on trial)" if self._trial else "groups take turns"
+        else:
+            state = "one group (groups did not pay)" if self._blocked else "one group"
         return f"; clients back {lag * 1e3:.2f} ms after a pass, +{back * 1e3:.2f} ms each; {state}"
 
 
@@ -181,7 +177,4 @@ class Returns:
             self._passes.pop()
             window = now - newest[0]
             if window <= STALE and newest[1] > 1:
-                sample = max(window - lag, 0.0) / (newest[1] - 1)
-                self.per_row = (
-                    sample if not self.per_row else self.per_row + GAP_WEIGHT * (sample - self.per_row)
-                )
+                self.per_row = toward(self.per_row, max(window - lag, 0.0) / (newest[1] - 1))

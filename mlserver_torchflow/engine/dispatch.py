@@ -93,6 +93,11 @@ class CostModel:
         return fixed + per_row * rows
 
 
+def toward(mean: float, sample: float) -> float:
+    """A running mean that starts at its first sample (0: none yet) and gives each newer one GAP_WEIGHT."""
+    return sample if not mean else mean + GAP_WEIGHT * (sample - mean)
+
+
 @dataclass
 class Arrivals:
     """The running mean gap between arriving rows (infinite until two requests have come), and the
@@ -119,8 +124,7 @@ class Arrivals:
         self.owed = max(self.owed - rows, 0)
         first = self.last is not None and ended is not None and self.last <= ended <= now
         if first:
-            sample = now - (ended or 0.0)
-            self.lag = sample if not self.lag else self.lag + GAP_WEIGHT * (sample - self.lag)
+            self.lag = toward(self.lag, now - (ended or 0.0))
         if self.last is not None and (self._alone or not first):
             sample = max(now - self.last, 0.0) / max(rows, 1)
             self.gap = sample if math.isinf(self.gap) else self.gap + GAP_WEIGHT * (sample - self.gap)
