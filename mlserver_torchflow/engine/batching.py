@@ -21,7 +21,7 @@ from ..common import Named, rows_of
 from ..config import BatchConfig
 from ..errors import QueueFull, Unloading
 from .clients import Population
-from .dispatch import Alarm, Arrivals, CoreUse, hold, stage_next
+from .dispatch import MIN_HOLD, Alarm, Arrivals, CoreUse, hold, stage_next
 from .merging import BatchKey, batch_key
 from .offload import Pipeline, RunFn
 from .passes import Passes, deliver
@@ -113,7 +113,7 @@ class Batcher:
                         await self._passes.execute([item], inline=True)
             finally:
                 self._in_flight -= 1
-                self._ended(0 if joined else rows)
+                self._ended(0 if joined else rows, now)
             if not joined:
                 return item.future.result()
         else:
@@ -187,22 +187,20 @@ class Batcher:
         if rows >= config.max_batch_size or self._population.all_in(1 + len(others)):
             return 0.0
         fixed, per_row = cost.fit()
-        # Off-core, closed-loop clients may do better in groups that take turns on the device (clients.py).
-        split = None if self.core.on_core else self._population.group_rows(fixed, per_row, self._arrivals.lag)
+        waited, arrivals = now - max(first.enqueued, freed), self._arrivals
+        # Closed-loop clients may do better in groups that take turns on an off-core device, or on our
+        # cores, all waiting for each other (clients.py: each a trial, kept where it serves more).
+        if self.core.on_core and self._population.patient():
+            if config.max_batch_time - waited > MIN_HOLD:
+                return config.max_batch_time - waited
+            self._population.waited_out(rows)
+            return 0.0
+        split = None if self.core.on_core else self._population.group_rows(fixed, per_row, arrivals.lag)
         if split is not None and rows >= split:
             return 0.0
-        arrivals = self._arrivals
-        ends = self._running_ends if self._in_flight else self._freed
-        return hold(
-            rows,
-            now - max(first.enqueued, freed),
-            arrivals.quiet(now, ends, freed),
-            arrivals.gap,
-            fixed,
-            config.max_batch_size,
-            config.max_batch_time,
-            arrivals.owed,
-        )
+        quiet = arrivals.quiet(now, self._running_ends if self._in_flight else self._freed, freed)
+        limits = (config.max_batch_size, config.max_batch_time)
+        return hold(rows, waited, quiet, arrivals.gap, fixed, *limits, arrivals.owed)
 
     @property
     def healthy(self) -> bool:
@@ -235,15 +233,16 @@ class Batcher:
         task.add_done_callback(self._tasks.discard)
 
     async def _pass(self, items: list[Queued], rows: int) -> None:
+        started = time.monotonic()
         try:
             await self._passes.execute(items)
         finally:  # before the answered requests' tasks run (their answers take the loop a while)
             self._in_flight -= 1
-            self._ended(rows)
+            self._ended(rows, started)
 
-    def _ended(self, rows: int) -> None:
-        """A pass over `rows` rows ended (0: the lone request joined a batch instead)."""
+    def _ended(self, rows: int, started: float) -> None:
+        """A pass over `rows` rows, begun at `started`, ended (0 rows: the lone request joined a batch)."""
         self._freed = time.monotonic()
         self._arrivals.ended(self._freed, rows)
-        self._population.passed(self._freed, rows)
+        self._population.passed(self._freed, rows, self._freed - started)
         self._wake.set()

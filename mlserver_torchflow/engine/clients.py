@@ -1,5 +1,6 @@
 """The clients as the batcher sees them: how many keep requests outstanding, how fast they come back,
-and how many groups they should form on a device that computes off the server's cores.
+how many groups they should form on a device off the server's cores, and whether, on ours, batches
+should wait for all of them.
 
 `Population` keeps the peak of requests outstanding (queued plus computing). Closed-loop clients (each
 waits for its answer before it sends again) have all come back when the requests waiting (none
@@ -24,10 +25,20 @@ fixed cost (many clients, a short fixed cost, a row-bound device), never on a la
 fixed, 32 clients at 0.4 ms each: one group, 37 ms a round, against 43 ms for two). A batch of C / k
 rows then goes without waiting for the rest: they come back while it computes and form the next one.
 
-The model only proposes; the rows served decide. Groups are a trial of TRIAL passes, kept if they serve
-KEEP times the rows a second that one group served just before, else undone for BLOCKED passes: the
-lag and `c` measured in one arrangement do not hold in the other, and where the model's margin is thin
-(8 clients of a 5 ms fixed cost here) two groups served fewer requests than one.
+The model only proposes; the rows served decide (trials.py): the lag and `c` measured in one
+arrangement do not hold in the other, and where the model's margin is thin (8 clients of a 5 ms fixed
+cost here) two groups served fewer requests than one.
+
+Patience. On our cores the rule's premise fails: a pass does not run on a device that idles while
+requests wait, it takes the cores (and the GIL) that the event loop needs to read them, so each pass
+costs the loop its fixed cost again. Where closed-loop clients keep the loop busy, small batches
+then starve it, and it reads ever fewer requests a pass: the benchmark's MLP over gRPC at 32 clients
+ran passes of 3 rows, each 1.1 ms long on a thread that waited for the GIL, at 1,250-1,390 requests a
+second; waiting for every client (all in, full, or `max_batch_time`) ran 14-24 rows a pass at
+1,620-1,720. Patience is tried where batches hold under PATIENT_SHARE of the clients' peak and the
+passes take BUSY of the time, and kept where it serves more; a wait that ends at `max_batch_time`
+with under PATIENT_SHARE of the peak counts against it (an open loop, or clients that think, do not
+wait on each other). An open loop's trials cost their waits, ever less often (trials.py).
 
 `c` is measured, not assumed: `Returns` times how long each pass's clients take to be back (from the
 pass's end until as many rows arrived as it answered), less the lag, per further row. The gap between
@@ -42,14 +53,14 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from .dispatch import DECAY, toward
+from .trials import Trial
 
 MOST_GROUPS = 4  # more groups pay more fixed costs than any loop time they could hide here
 SPLIT = 0.8  # groups form for a round at least 20% shorter: a smaller gain is within the model's error
 REJOIN = 0.9  # and stay while it is at least 10% shorter (clients alternating between the two lose most)
-TRIAL = 30  # passes in groups after which the rows served are compared with one group's just before
-KEEP = 1.05  # groups stay if they serve at least 5% more rows a second than one group did
-BLOCKED = 100  # passes without a new trial after one that did not pay
-SETTLED = 20  # passes in one arrangement before its rate counts (a trial's baseline, the verdict)
+KEPT = 2000  # passes a kept patience lasts before the rule's rate is measured again
+PATIENT_SHARE = 0.5  # patience is tried where batches hold under this share of the clients' peak
+BUSY = 0.5  # and the passes take at least this share of the time
 PEAK_DECAY = 0.97  # what the clients' peak keeps per pass: 32 clients become 8 in about 45 passes
 TRACKED = 2  # passes whose clients may still be coming back: the last two (two groups take turns)
 STALE = 0.5  # seconds: clients not back by then are not a closed loop at this pace (they left, or think)
@@ -84,65 +95,92 @@ def group_rows(
 @dataclass
 class Population:
     """The peak of requests outstanding, fading by PEAK_DECAY a pass so that it follows clients who
-    leave, and `Returns`: how fast the clients of a pass come back."""
+    leave; `Returns`: how fast the clients of a pass come back; and two trials: groups that take turns
+    (off our cores), and patience (on them)."""
 
     peak: float = 0.0
     returns: Returns = field(default_factory=lambda: Returns())
-    grouped: bool = False  # the last answer of group_rows: groups in place
-    _rows: float = 0.0  # rows served and seconds between pass ends, decayed sums: the recent rate
+    groups: Trial = field(default_factory=Trial)
+    patience: Trial = field(default_factory=lambda: Trial(kept=KEPT))
+    _rows: float = 0.0  # rows served, passes, and seconds between pass ends: decayed sums, the recent rate
+    _passes: float = 0.0
+    _busy: float = 0.0  # seconds the passes took
     _seconds: float = 0.0
     _last_end: float | None = None
-    _trial: int = 0  # passes left before groups are judged
-    _baseline: float = 0.0  # one group's rate when the trial began
-    _blocked: int = 0  # passes left without a new trial
-    _settled: int = 0  # passes since the arrangement last changed
 
     def arrived(self, outstanding: int, now: float = 0.0, rows: int = 0, lag: float = 0.0) -> None:
         self.peak = max(self.peak, float(outstanding))
         self.returns.arrived(now, rows, lag)
 
-    def passed(self, now: float = 0.0, rows: int = 0) -> None:
-        """After each pass (over `rows` rows, ended `now`): a peak not reached again fades, and groups on
-        trial are judged once it is over."""
+    def passed(self, now: float = 0.0, rows: int = 0, seconds: float = 0.0) -> None:
+        """After each pass (over `rows` rows, ended `now`, `seconds` long): a peak not reached again
+        fades, and the trials are judged once over."""
         self.peak *= PEAK_DECAY
         self.returns.ended(now, rows)
         if self._last_end is not None and rows:
             self._rows = self._rows * DECAY + rows
+            self._passes = self._passes * DECAY + 1
+            self._busy = self._busy * DECAY + seconds
             self._seconds = self._seconds * DECAY + (now - self._last_end)
         self._last_end = now if rows else self._last_end
-        self._blocked = max(self._blocked - 1, 0)
-        self._settled += 1
-        if self._trial and self.grouped:
-            self._trial -= 1
-            if not self._trial and self.rate() < KEEP * self._baseline:
-                self.grouped, self._blocked, self._settled = False, BLOCKED, 0
+        for trial in (self.groups, self.patience):
+            trial.passed(self.rate())
 
     def rate(self) -> float:
         """Rows served per second, recently."""
         return self._rows / self._seconds if self._seconds > 0 else 0.0
+
+    @property
+    def grouped(self) -> bool:
+        return self.groups.on
 
     def all_in(self, outstanding: int) -> bool:
         return self.peak >= 2 and outstanding >= self.peak
 
     def group_rows(self, fixed: float, per_row: float, lag: float) -> int | None:
         """`group_rows` for these clients: rows at which a batch goes without the rest."""
-        if self._blocked or (not self.grouped and self._settled < SETTLED):
+        trial = self.groups
+        if trial.blocked or (not trial.on and not trial.may_start()):
             return None
-        rows = group_rows(fixed, per_row, self.peak, self.returns.per_row, lag, self.grouped)
-        if rows is not None and not self.grouped:  # a trial begins
-            self._baseline, self._trial = self.rate(), TRIAL
-        if self.grouped != (rows is not None):
-            self.grouped, self._settled = rows is not None, 0
+        rows = group_rows(fixed, per_row, self.peak, self.returns.per_row, lag, trial.on)
+        if rows is not None and not trial.on:
+            trial.start(self.rate())
+        elif rows is None and trial.on:
+            trial.stop()
         return rows
+
+    def patient(self) -> bool:
+        """On our cores: should a batch wait for every client (all in, full, or `max_batch_time`)? Tried
+        where batches hold under PATIENT_SHARE of the clients' peak and the passes keep the device busy
+        (BUSY of the time), kept where it serves more."""
+        trial = self.patience
+        if trial.on and self.peak < 2:
+            trial.stop()  # a lone client: nobody to wait for
+        elif (
+            trial.may_start()
+            and self.peak >= 2
+            and self._rows < PATIENT_SHARE * self.peak * self._passes
+            and self._busy > BUSY * self._seconds
+        ):
+            trial.start(self.rate())
+        return trial.on
+
+    def waited_out(self, rows: int) -> None:
+        """A patient batch goes at `max_batch_time` with `rows`: under PATIENT_SHARE of the peak, the
+        wait brought too few to be worth it (Trial.missed)."""
+        if rows < PATIENT_SHARE * self.peak:
+            self.patience.missed()
 
     def describe(self, lag: float) -> str:
         back = self.returns.per_row
+        if self.patience.on:
+            return "; batches wait for every client" + (" (on trial)" if self.patience.on_trial else "")
         if not back:
             return ""
-        if self.grouped:
-            state = "groups take turns (on trial)" if self._trial else "groups take turns"
+        if self.groups.on:
+            state = "groups take turns (on trial)" if self.groups.on_trial else "groups take turns"
         else:
-            state = "one group (groups did not pay)" if self._blocked else "one group"
+            state = "one group (groups did not pay)" if self.groups.blocked else "one group"
         return f"; clients back {lag * 1e3:.2f} ms after a pass, +{back * 1e3:.2f} ms each; {state}"
 
 

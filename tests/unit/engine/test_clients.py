@@ -15,8 +15,9 @@ import heapq
 
 import pytest
 
-from mlserver_torchflow.engine.clients import SETTLED, TRIAL, Population, Returns, group_rows, round_seconds
+from mlserver_torchflow.engine.clients import Population, Returns, group_rows, round_seconds
 from mlserver_torchflow.engine.dispatch import Arrivals, CostModel, hold
+from mlserver_torchflow.engine.trials import SETTLED, TRIAL
 
 MS = 1e-3
 LEAD = 1 * MS

@@ -1,0 +1,84 @@
+"""Trying an arrangement in place of the batcher's rule, and keeping it only where it serves more.
+
+The batcher's models propose (clients.py: groups that take turns off our cores, patience on them); the
+rows served decide. A model's inputs measured in one arrangement do not hold in the other, and where its
+margin is thin the arrangement loses: 8 clients of a 5 ms fixed cost served fewer requests in two
+groups than in one. So an arrangement is a trial of TRIAL passes after SETTLED in the rule's, kept if
+it serves KEEP times the rows a second the rule did just before it, else undone and not tried again for
+a while: BLOCKED passes, twice as long after each further failure, up to 64 times. Where it can never
+pay (an open loop's rate, which no waiting raises) it then costs ever less.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .dispatch import DECAY
+
+TRIAL = 30  # passes in an arrangement after which its rows served are compared with the rule's before it
+KEEP = 1.05  # an arrangement stays if it serves at least 5% more rows a second than the rule did
+BLOCKED = 100  # passes without a new trial after one that did not pay (doubling with each further one)
+SETTLED = 20  # passes in one arrangement before its rate counts (a trial's baseline, the verdict)
+MISSES = 2.5  # waits that brought too few, decayed a pass, that undo a trial: three in a row, four in ten
+
+
+@dataclass
+class Trial:
+    """One arrangement's trials: `on` while it is tried or kept; `kept` passes after which a kept one
+    gives way to the rule again, for a fresh baseline and a new trial (0: never)."""
+
+    on: bool = False
+    kept: int = 0  # passes a kept arrangement lasts before its rule's rate is measured afresh (0: forever)
+    _left: int = 0  # passes of the trial still to run
+    _baseline: float = 0.0  # the rule's rate when the trial began
+    _blocked: int = 0  # passes without a new trial after one that did not pay
+    _failures: int = 0
+    _settled: int = 0  # passes since the arrangement last changed
+    _misses: float = 0.0  # batches that went without everyone they waited for, decayed a pass
+
+    @property
+    def on_trial(self) -> bool:
+        return self.on and self._left > 0
+
+    @property
+    def blocked(self) -> bool:
+        return self._blocked > 0
+
+    def may_start(self) -> bool:
+        return not self.on and not self._blocked and self._settled >= SETTLED
+
+    def start(self, rate: float) -> None:
+        self.on, self._left, self._baseline, self._settled, self._misses = True, TRIAL, rate, 0, 0.0
+
+    def stop(self) -> None:
+        self.on, self._left, self._settled = False, 0, 0
+
+    def missed(self) -> None:
+        """A wait brought too few: more than MISSES recently (a few, as when clients leave, are forgiven),
+        and the clients do not wait on each other (an open loop, clients that think): undone as a trial
+        that did not pay."""
+        self._misses += 1
+        if self.on and self._misses > MISSES:
+            self._fail()
+
+    def _fail(self) -> None:
+        self.stop()
+        self._blocked, self._failures = BLOCKED << min(self._failures, 6), self._failures + 1
+
+    def passed(self, rate: float) -> None:
+        """After each pass: a trial is judged once over (`rate`: the rows served a second recently)."""
+        self._blocked = max(self._blocked - 1, 0)
+        self._settled += 1
+        self._misses *= DECAY
+        if not self.on:
+            return
+        if self._left:
+            self._left -= 1
+            if self._left:
+                return
+            if rate < KEEP * self._baseline:
+                self._fail()
+            else:
+                self._failures = 0
+        elif self.kept and self._settled >= self.kept:
+            self.stop()  # the rule again, for a fresh baseline and a new trial
