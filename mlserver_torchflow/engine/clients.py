@@ -130,17 +130,13 @@ class Population:
         """Rows served per second, recently."""
         return self._rows / self._seconds if self._seconds > 0 else 0.0
 
-    @property
-    def grouped(self) -> bool:
-        return self.groups.on
-
     def all_in(self, outstanding: int) -> bool:
         return self.peak >= 2 and outstanding >= self.peak
 
     def group_rows(self, fixed: float, per_row: float, lag: float) -> int | None:
         """`group_rows` for these clients: rows at which a batch goes without the rest."""
         trial = self.groups
-        if trial.blocked or (not trial.on and not trial.may_start()):
+        if not trial.on and not trial.may_start():  # blocked, or not settled yet (on: never blocked)
             return None
         rows = group_rows(fixed, per_row, self.peak, self.returns.per_row, lag, trial.on)
         if rows is not None and not trial.on:

@@ -24,11 +24,11 @@ MISSES = 2.5  # waits that brought too few, decayed a pass, that undo a trial: t
 
 @dataclass
 class Trial:
-    """One arrangement's trials: `on` while it is tried or kept; `kept` passes after which a kept one
-    gives way to the rule again, for a fresh baseline and a new trial (0: never)."""
+    """One arrangement's trials: `on` while it is tried or kept; `kept` passes from a trial's start
+    after which a kept one gives way to the rule again, for a fresh baseline and a new trial (0: never)."""
 
     on: bool = False
-    kept: int = 0  # passes a kept arrangement lasts before its rule's rate is measured afresh (0: forever)
+    kept: int = 0  # passes from a trial's start before a kept one gives way to the rule (0: forever)
     _left: int = 0  # passes of the trial still to run
     _baseline: float = 0.0  # the rule's rate when the trial began
     _blocked: int = 0  # passes without a new trial after one that did not pay

@@ -72,9 +72,9 @@ def test_groups_on_trial_stay_only_if_they_serve_more(every: float, kept: bool) 
     undone after the trial, and not tried again for a while; every 6 ms (667), they stay."""
     population = settled(Population(peak=8.0), rows=8, every=16 * MS)
     population.returns.per_row = 1.0 * MS  # the model: 18 ms a round in one group, 13.4 in two
-    assert population.group_rows(5 * MS, 0.3 * MS, 3 * MS) == 4 and population.grouped
+    assert population.group_rows(5 * MS, 0.3 * MS, 3 * MS) == 4 and population.groups.on
     settled(population, rows=4, every=every, passes=TRIAL, start=SETTLED * 16 * MS)
-    assert population.grouped is kept
+    assert population.groups.on is kept
     assert (population.group_rows(5 * MS, 0.3 * MS, 3 * MS) == 4) is kept
 
 
@@ -86,9 +86,9 @@ def test_groups_form_at_a_clear_gain_and_keep_at_a_smaller_one() -> None:
     assert group_rows(*args, grouped=True) == 4
     population = settled(Population(peak=8.0), rows=8, every=15 * MS)
     population.returns.per_row = 0.5 * MS
-    assert population.group_rows(5 * MS, 0.3 * MS, 3 * MS) is None and not population.grouped
+    assert population.group_rows(5 * MS, 0.3 * MS, 3 * MS) is None and not population.groups.on
     population.returns.per_row = 1.0 * MS  # the loop slows: 18 against 13.4 ms, groups form
-    assert population.group_rows(5 * MS, 0.3 * MS, 3 * MS) == 4 and population.grouped
+    assert population.group_rows(5 * MS, 0.3 * MS, 3 * MS) == 4 and population.groups.on
     population.returns.per_row = 0.5 * MS  # back to 0.86: they stay
     assert population.group_rows(5 * MS, 0.3 * MS, 3 * MS) == 4
 
