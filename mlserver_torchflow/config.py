@@ -145,7 +145,7 @@ class TorchFlowSettings(BaseSettings):
 
     max_batch_time: float = 0.0
     """The longest (seconds) a request waits for company once the device could run it (time behind a
-    running pass does not count). The dispatcher holds a batch only while more rows are due soon
+    running pass, or behind the writing of its answers, does not count). The dispatcher holds a batch only while more rows are due soon
     enough to pay for the wait: a lone client never waits (docs/batching.md)."""
 
     preferred_batch_sizes: tuple[int, ...] = ()

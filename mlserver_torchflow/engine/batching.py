@@ -21,14 +21,12 @@ from ..common import Named, rows_of
 from ..config import BatchConfig
 from ..errors import QueueFull, Unloading
 from .clients import Population
-from .dispatch import MIN_HOLD, Alarm, Arrivals, CoreUse, hold, stage_next
+from .dispatch import MIN_HOLD, Alarm, Arrivals, CoreUse, hold, lead, stage_next
 from .merging import BatchKey, batch_key
 from .offload import Pipeline, RunFn
 from .passes import Passes, deliver
 from .phases import BatchObserver, Phases
 from .queueing import LevelQueue, Queued, level_of, timeout_of
-
-LEAD = 0.002  # seconds before a pass is expected to end at which the next batch is handed over (off-core)
 
 
 class Batcher:
@@ -53,6 +51,7 @@ class Batcher:
         self._in_flight = 0
         self._running_ends = 0.0  # when the passes in flight are expected to be done (monotonic)
         self._freed = 0.0  # when the last pass ended
+        self._answered = 0.0  # when its answers had gone out
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task = asyncio.get_running_loop().create_task(self._dispatch_loop())
 
@@ -86,7 +85,7 @@ class Batcher:
             return await self._passes.run_alone(arrays, phases)
         level = level_of(self.config, priority)
         try:
-            self._queue.room_for(rows)
+            self._queue.room_for(rows, level)
         except QueueFull:
             self._metrics.rejected(level + 1, "full")
             raise
@@ -117,22 +116,22 @@ class Batcher:
             if not joined:
                 return item.future.result()
         else:
-            try:
-                self._queue.push(item)
-            except QueueFull:
-                self._metrics.rejected(level + 1, "full")
-                raise
+            self._queue.push(item)  # room_for admitted it, and nothing ran since
         self._report_queue()
-        self._wake.set()
-        return await item.future  # cancelling this leaves the batch alone: see _deliver
+        if item.timeout or self._in_flight < self.core.depth:  # else a pass's end wakes the dispatcher
+            self._wake.set()
+        try:
+            return await item.future  # cancelling this leaves the batch alone: see _deliver
+        except asyncio.CancelledError:
+            self._queue.cancelled()
+            raise
 
     def calibrate(self, key: BatchKey | None, samples: list[tuple[int, float, float]]) -> None:
         """Timed warm-up passes (rows, thread CPU s, wall s) of batch shape `key`: Passes.calibrate."""
         self._passes.calibrate(key, samples)
 
     def expire_queued(self, err: Exception) -> None:
-        """Answer every request still waiting (not the running batches) with a copy of `err` each (the
-        runtime tags each with its request id): the drain ran out."""
+        """The drain ran out: every request still waiting (not running) gets a copy of `err` (tagged later)."""
         for item in self._queue.clear():
             deliver(item, type(err)(*err.args))
         self._report_queue()
@@ -155,7 +154,7 @@ class Batcher:
             next_expiry = self._sweep()
             if not self.healthy:  # nothing may queue behind a hung pass
                 self.expire_queued(self._passes.still_hung())
-            if not self._queue or self._in_flight >= (1 if self.core.on_core else 2):
+            if not self._queue or self._in_flight >= self.core.depth:
                 await self._wake.sleep(next_expiry)
                 continue
             now = time.monotonic()
@@ -172,16 +171,14 @@ class Batcher:
         others = [i for i in self._queue if i is not first]
         rows = first.rows + sum(i.rows for i in others if i.key == first.key)
         cost = self._passes.cost(first.key)
-        freed = self._freed  # waiting behind a pass is not waiting for company
-        # Off-core, a pass running: hand over just before it ends (dispatch.stage_next), full or not (a higher
-        # priority may come), early enough for the fit's usual miss, never more than a quarter of the pass,
-        # plus the time to stage it, so that a pipeline's copy in overlaps the running pass.
+        freed = max(self._freed, self._answered)  # waiting behind a pass or its answers is not for company
+        # Off-core, a pass running: hand over just before it ends (dispatch.lead), full or not (a higher
+        # priority may come).
         if self._in_flight:
-            staging = self._passes.staging(first.key).predict(rows)
-            lead = min(LEAD + 2 * cost.spread(), 0.25 * cost.predict(rows)) + staging
-            if not stage_next(now, self._running_ends, lead):
-                return self._running_ends - lead - now
-            freed = self._running_ends - lead
+            ahead = lead(cost, self._passes.staging(first.key), rows)
+            if not stage_next(now, self._running_ends, ahead):
+                return self._running_ends - ahead - now
+            freed = self._running_ends - ahead
         # Full, or every client's request is waiting (none computing): nobody else is coming. With a
         # pass running its clients come back after it, so the hold rule weighs them as usual.
         if rows >= config.max_batch_size or self._population.all_in(1 + len(others)):
@@ -217,8 +214,7 @@ class Batcher:
         return self._queue.next_expiry(now)
 
     def _report_queue(self) -> None:
-        self._metrics.queue_rows(self._queue.rows)
-        self._metrics.queue_levels(self._queue.sizes())
+        self._metrics.queue(self._queue.rows, self._queue.sizes())
 
     def _launch(self, key: BatchKey) -> None:
         """In priority order among compatible requests, up to max_batch_size rows (a larger one alone)."""
@@ -246,3 +242,9 @@ class Batcher:
         self._arrivals.ended(self._freed, rows)
         self._population.passed(self._freed, rows, self._freed - started)
         self._wake.set()
+        asyncio.get_running_loop().call_soon(self._answering_done)
+
+    def _answering_done(self) -> None:
+        """Runs after the answered requests' tasks, until when the loop reads no request: a request left
+        waiting counts its wait for company from here (docs/batching.md, "Answers first")."""
+        self._answered = time.monotonic()

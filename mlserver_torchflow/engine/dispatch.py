@@ -37,7 +37,10 @@ DECAY = 0.9  # weight a cost sample keeps per newer one: about the last 10 passe
 GAP_WEIGHT = 0.2  # weight of the newest gap in the running mean: about the last 5 arrivals count
 BURST_GAPS = 2.0  # no row for this many mean gaps: the burst is over
 MIN_HOLD = 50e-6  # seconds: a shorter hold costs more in timer wake-ups than it could gain
-ON_CORE = 0.5  # executor-thread CPU time over wall time above which the pass computes on our cores
+# Executor-thread CPU time over wall time above which the pass computes on our cores. Low: a pass on our
+# cores that waits for the GIL (the event loop holds it) reads 50-75% busy, one that waits on a device 1-2%.
+ON_CORE = 0.25
+LEAD = 0.002  # seconds before a pass is expected to end at which the next batch is handed over (off-core)
 
 
 @dataclass
@@ -199,6 +202,11 @@ class CoreUse:
             return self.declared
         return self._ratio is None or self._ratio > ON_CORE  # unmeasured: the cautious answer
 
+    @property
+    def depth(self) -> int:
+        """Passes in flight at once: one on our cores; off them, the next one is staged meanwhile."""
+        return 1 if self.on_core else 2
+
     def describe(self) -> str:
         if self.declared is not None:
             return "host (declared)" if self.declared else "device (declared)"
@@ -206,6 +214,13 @@ class CoreUse:
             return "host (not measured yet)"
         where = "host" if self.on_core else "device"
         return f"{where} (measured: the pass's thread is busy {self._ratio:.0%} of its time)"
+
+
+def lead(cost: CostModel, staging: CostModel, rows: int) -> float:
+    """Off-core: how long before the running pass ends to hand over the next batch of `rows`: early
+    enough for the fit's usual miss, never more than a quarter of the pass, plus the time to stage it,
+    so that a pipeline's copy in overlaps the running pass."""
+    return min(LEAD + 2 * cost.spread(), 0.25 * cost.predict(rows)) + staging.predict(rows)
 
 
 def stage_next(now: float, running_ends: float, lead: float) -> bool:

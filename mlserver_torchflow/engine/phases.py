@@ -32,10 +32,8 @@ class BatchObserver(Protocol):
 
     def queue_wait(self, seconds: float) -> None: ...
 
-    def queue_rows(self, rows: int) -> None: ...
-
-    def queue_levels(self, sizes: list[int]) -> None:
-        """Requests waiting at each priority level (index 0 is level 1)."""
+    def queue(self, rows: int, sizes: list[int]) -> None:
+        """Rows waiting, and requests waiting at each priority level (index 0 is level 1)."""
 
     def rejected(self, level: int, reason: str) -> None:
         """A request of priority level `level` (1-based) was refused unrun: `full` or `timeout`."""

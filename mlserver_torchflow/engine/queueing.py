@@ -66,6 +66,7 @@ class LevelQueue:
         self._ready: list[deque[Queued]] = [deque() for _ in range(count)]
         self._delayed: list[deque[Queued]] = [deque() for _ in range(count)]
         self.rows = 0
+        self._swept = True  # nothing waiting has a timeout, nor was cancelled: sweeping finds nothing
 
     def __iter__(self) -> Iterator[Queued]:
         for ready, delayed in zip(self._ready, self._delayed, strict=True):
@@ -79,8 +80,9 @@ class LevelQueue:
         """Requests waiting per level."""
         return [len(r) + len(d) for r, d in zip(self._ready, self._delayed, strict=True)]
 
-    def room_for(self, rows: int) -> None:
-        """Raises unless `rows` more fit within `max_queue_rows` (0: no cap)."""
+    def room_for(self, rows: int, level: int) -> None:
+        """Raises unless `rows` more fit within `max_queue_rows` (0: no cap), and one more request within
+        its level's `max_queue_size` (0: no cap)."""
         limit = self._config.max_queue_rows
         if limit and self.rows + rows > limit:
             if rows > limit:
@@ -92,27 +94,36 @@ class LevelQueue:
                 f"the model's queue is full ({self.rows} of {limit} rows waiting); retry after a short "
                 "back-off, or scale out."
             )
+        cap = self._config.levels[level].max_queue_size
+        waiting = len(self._ready[level]) + len(self._delayed[level])
+        if cap and waiting >= cap:
+            raise QueueFull(
+                f"the queue of priority level {level + 1} is full ({waiting} of {cap} requests "
+                "waiting, max_queue_size); retry after a short back-off, or scale out."
+            )
 
     def next_expiry(self, now: float) -> float | None:
         """Seconds until the next waiting request's timeout runs out (None: none will)."""
+        if self._swept:
+            return None
         ends = [i.enqueued + i.timeout for i in self if i.timeout and not i.delayed]
         return max(min(ends) - now, 0.0) + 1e-4 if ends else None
 
     def push(self, item: Queued) -> None:
-        cap = self._config.levels[item.level].max_queue_size
-        waiting = len(self._ready[item.level]) + len(self._delayed[item.level])
-        if cap and waiting >= cap:
-            raise QueueFull(
-                f"the queue of priority level {item.level + 1} is full ({waiting} of {cap} requests "
-                "waiting, max_queue_size); retry after a short back-off, or scale out."
-            )
+        """Queue `item`, which `room_for` admitted."""
         self._ready[item.level].append(item)
         self.rows += item.rows
+        self._swept = self._swept and not item.timeout
 
     def push_front(self, item: Queued) -> None:
         """Put back, first in its level, a request that was about to run alone (it came first)."""
         self._ready[item.level].appendleft(item)
         self.rows += item.rows
+        self._swept = self._swept and not item.timeout
+
+    def cancelled(self) -> None:
+        """A waiting request was cancelled: the next sweep drops it."""
+        self._swept = False
 
     def first(self) -> Queued:
         return next(iter(self))
@@ -139,6 +150,9 @@ class LevelQueue:
         """Drop the cancelled; apply the timeout action to the expired. Returns (item, "timeout") for
         each one rejected (already answered with its 503)."""
         rejected: list[tuple[Queued, str]] = []
+        if self._swept:  # every request is waited on and in time: this is most calls, made per arrival
+            return rejected
+        timed = False
         for index in range(len(self._ready)):
             delay = self._config.levels[index].delay
             kept: deque[Queued] = deque()
@@ -155,10 +169,12 @@ class LevelQueue:
                     rejected.append((item, "timeout"))
                 else:
                     kept.append(item)
+                    timed = timed or bool(item.timeout)
             self._ready[index] = kept
             alive = deque(i for i in self._delayed[index] if not i.future.done())
             self.rows -= sum(i.rows for i in self._delayed[index] if i.future.done())
             self._delayed[index] = alive
+        self._swept = not timed
         return rejected
 
     def clear(self) -> list[Queued]:

@@ -17,8 +17,8 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 from mlserver import types
 from mlserver.grpc import dataplane_pb2 as pb
 from mlserver.grpc.converters import (
-    InferInputTensorConverter,
     InferRequestedOutputTensorConverter,
+    InferTensorContentsConverter,
     ModelInferRequestConverter,
     ParametersConverter,
 )
@@ -73,7 +73,7 @@ def _convert(pb_object: pb.ModelInferRequest) -> types.InferenceRequest:
     request = types.InferenceRequest.model_construct(
         id=pb_object.id,
         parameters=_parameters(pb_object.parameters),
-        inputs=[InferInputTensorConverter.to_types(inp) for inp in pb_object.inputs],
+        inputs=[_input(inp) for inp in pb_object.inputs],
     )
     if pb_object.outputs:
         request.outputs = [InferRequestedOutputTensorConverter.to_types(o) for o in pb_object.outputs]
@@ -87,6 +87,18 @@ def _convert(pb_object: pb.ModelInferRequest) -> types.InferenceRequest:
     for inp, buffer in zip(empty, raw, strict=False):
         inp.data = types.TensorData.model_construct(root=buffer)
     return request
+
+
+def _input(pb_input: pb.ModelInferRequest.InferInputTensor) -> types.RequestInput:
+    """MLServer's `InferInputTensorConverter.to_types` without its deprecated pydantic `construct`,
+    which raises (and filters) a warning for every input of every request."""
+    return types.RequestInput.model_construct(
+        name=pb_input.name,
+        shape=list(pb_input.shape),
+        datatype=pb_input.datatype,
+        parameters=ParametersConverter.to_types(pb_input.parameters),
+        data=InferTensorContentsConverter.to_types(pb_input.contents),
+    )
 
 
 def _parameters(pb_map: Any) -> types.Parameters | None:
@@ -116,6 +128,12 @@ PATCH = Patch(
             "mlserver",
             ("1.7.1",),
             "d0789c311998",
+        ),
+        Target(  # copied by _input, less its deprecated `construct`
+            "mlserver.grpc.converters:InferInputTensorConverter.to_types",
+            "mlserver",
+            ("1.7.1",),
+            "32abace70f36",
         ),
     ),
     install=install,

@@ -129,7 +129,7 @@ def _check_id(request_id: Any) -> None:
             f"the request id is {len(request_id)} characters long; at most {MAX_ID_CHARS} are accepted "
             "(a UUID is 36)."
         )
-    if not all(" " <= c <= "~" for c in request_id):
+    if not (request_id.isascii() and request_id.isprintable()):  # i.e. every character in " ".."~"
         raise InvalidInput(
             f"the request id {quote(request_id)} holds control or non-ASCII characters; it is echoed in "
             "response headers, so use printable ASCII (a UUID, say)."

@@ -65,7 +65,9 @@ class BatchMetrics:
             "Memory in use on the model's device (CUDA allocator, or process RSS on CPU).",
         ).labels(**labels)
         self._recompiles: Any = None
-        self._levels: list[int] | None = None
+        self._rows_set = -1
+        self._levels: list[int] | None = None  # the sizes last set, per priority level
+        self._level_gauges: list[Any] = []
 
     def batch(self, rows: int, seconds: float) -> None:
         self._rows.observe(rows)
@@ -78,22 +80,29 @@ class BatchMetrics:
     def queue_wait(self, seconds: float) -> None:
         self._wait.observe(seconds)
 
-    def queue_rows(self, rows: int) -> None:
-        self._queue.set(rows)
-
-    def queue_levels(self, sizes: list[int]) -> None:
-        if sizes == self._levels:  # called on every queue change: skip the labels' lookups
-            return
-        self._levels = list(sizes)
-        gauge = _get(
-            Gauge,
-            "torchflow_queue_requests",
-            "Requests waiting in the batch queue, by priority level (1 is the highest).",
-            labelnames=["model", "device", "priority"],
-            multiprocess_mode="livesum",
-        )
-        for level, size in enumerate(sizes, start=1):
-            gauge.labels(**self._labels, priority=str(level)).set(size)
+    def queue(self, rows: int, sizes: list[int]) -> None:
+        """Called on every queue change: only the values that changed are set, on children looked up
+        once (a label lookup costs more than the rest of a request's bookkeeping)."""
+        if rows != self._rows_set:
+            self._rows_set = rows
+            self._queue.set(rows)
+        levels = self._levels
+        if levels is None:
+            gauge = _get(
+                Gauge,
+                "torchflow_queue_requests",
+                "Requests waiting in the batch queue, by priority level (1 is the highest).",
+                labelnames=["model", "device", "priority"],
+                multiprocess_mode="livesum",
+            )
+            self._level_gauges = [
+                gauge.labels(**self._labels, priority=str(n)) for n in range(1, len(sizes) + 1)
+            ]
+            levels = self._levels = [-1] * len(sizes)
+        for level, size in enumerate(sizes):
+            if levels[level] != size:
+                levels[level] = size
+                self._level_gauges[level].set(size)
 
     def rejected(self, level: int, reason: str) -> None:
         _get(

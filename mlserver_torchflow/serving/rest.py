@@ -85,6 +85,14 @@ def _parse(body: bytes, declared: str | None) -> tuple[Any, dict[int, memoryview
     return parsed, {}  # anything but an object fails InferenceRequest's validation: a 422, as before
 
 
+def _headers(request: Request) -> dict[str, str]:
+    """`dict(request.headers)` in one pass (that looks every name up again): a repeated name's first value."""
+    headers: dict[str, str] = {}
+    for name, value in request.headers.items():
+        headers.setdefault(name, value)
+    return headers
+
+
 def _adapt(payload: InferenceRequest, model: Any) -> None:
     """Binary data stays a view for a TorchFlow model in this process, becomes bytes for one in a worker
     (views do not pickle), and a flat list for another runtime's model."""
@@ -117,7 +125,7 @@ def mount(frontends: Frontends) -> None:
             for index, chunk in chunks.items():
                 payload.inputs[index].data.root = chunk
             _adapt(payload, await frontends.model(model_name, model_version))
-        insert_headers(payload, dict(raw_request.headers))
+        insert_headers(payload, _headers(raw_request))
         response = await data_plane.infer(payload, model_name, model_version)
         headers = extract_headers(response) or {}
         dumped = response.model_dump(by_alias=True, exclude_unset=True, exclude_none=True)

@@ -20,7 +20,7 @@ from mlserver.settings import ModelParameters, ModelSettings
 from mlserver_torchflow import TorchFlowRuntime
 from mlserver_torchflow.common import Named
 from mlserver_torchflow.config import BatchConfig
-from mlserver_torchflow.engine import batching
+from mlserver_torchflow.engine import dispatch
 from mlserver_torchflow.engine.batching import Batcher
 from mlserver_torchflow.engine.inference import Predictor
 from mlserver_torchflow.engine.merging import batch_key
@@ -102,7 +102,7 @@ def test_arrivals_during_a_busy_pass_form_one_batch(
     it is already waiting on the model's thread: two batches in flight, and still every row in it."""
     # 50 ms instead of 2: a loaded CI machine can wake the event loop that late, and the hand-over
     # must still come before the pass ends for this test to see two batches in flight
-    monkeypatch.setattr(batching, "LEAD", 0.05)
+    monkeypatch.setattr(dispatch, "LEAD", 0.05)
     _, run = mlp_run()
     recorder = Recorder(run, delay=0.3)
     seen: list[int] = []
@@ -160,6 +160,35 @@ def test_a_pass_ends_before_its_answers_are_written(compute_on: str) -> None:
     assert recorder.batches[-1] >= 2, recorder.batches  # the last pass answered several clients
     # it ended before the first of them resumed, not after all of them had written their answers
     assert ended[0] < resumed[-1] - 0.004, (ended, resumed)
+
+
+@pytest.mark.parametrize("compute_on", ["host", "device"])
+def test_a_wait_for_company_counts_from_when_the_answers_went_out(compute_on: str) -> None:
+    """While the loop writes a pass's answers it reads no request, so a request left in the queue is not
+    waiting for company then: the batcher notes when the answered requests' tasks have all run (5 ms
+    each here) and `_hold` counts max_batch_time from there."""
+    _, run = mlp_run()
+    recorder = Recorder(run, delay=0.02)
+    resumed: list[float] = []
+    marks: list[tuple[float, float]] = []
+
+    async def main() -> None:
+        batch = batcher(recorder, compute_on=compute_on)
+
+        async def client(seed: int) -> None:
+            await batch.submit([rows_of(1, seed)])
+            resumed.append(time.monotonic())
+            time.sleep(0.005)  # writing the answer, on the loop
+
+        await asyncio.gather(*(client(s) for s in range(4)))
+        await asyncio.sleep(0)  # the note is a callback queued behind the answered tasks
+        marks.append((batch._freed, batch._answered))
+        await batch.close()
+
+    asyncio.run(main())
+    freed, answered = marks[0]
+    assert recorder.batches[-1] >= 2, recorder.batches
+    assert freed < resumed[-1] and answered >= resumed[-1] + 0.005, (freed, answered, resumed)
 
 
 def test_a_request_over_max_batch_size_runs_alone_and_whole() -> None:

@@ -162,7 +162,13 @@ def test_core_use_measured_and_declared() -> None:
     assert not core.on_core and "device (measured" in core.describe()
     for _ in range(20):
         core.observe(cpu=0.019, wall=0.020)
+    assert core.on_core and core.depth == 1
+    for _ in range(20):
+        core.observe(cpu=0.008, wall=0.020)  # on our cores, waiting for the GIL the event loop holds
     assert core.on_core
+    for _ in range(20):
+        core.observe(cpu=0.003, wall=0.020)
+    assert not core.on_core and core.depth == 2
     declared = CoreUse(declared=False)
     declared.observe(cpu=1.0, wall=1.0)
     assert not declared.on_core and declared.describe() == "device (declared)"
