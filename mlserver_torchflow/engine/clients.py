@@ -56,8 +56,8 @@ from .dispatch import DECAY, toward
 from .trials import Trial
 
 MOST_GROUPS = 4  # more groups pay more fixed costs than any loop time they could hide here
-SPLIT = 0.8  # groups form for a round at least 20% shorter: a smaller gain is within the model's error
-REJOIN = 0.9  # and stay while it is at least 10% shorter (clients alternating between the two lose most)
+SPLIT = 0.9  # groups are tried for a round at least 10% shorter (the trial then checks the gain is real)
+REJOIN = 0.95  # and stay while it is at least 5% shorter (clients alternating between the two lose most)
 KEPT = 2000  # passes a kept patience lasts before the rule's rate is measured again
 PATIENT_SHARE = 0.5  # patience is tried where batches hold under this share of the clients' peak
 BUSY = 0.5  # and the passes take at least this share of the time
