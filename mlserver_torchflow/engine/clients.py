@@ -58,7 +58,7 @@ from .trials import Trial
 MOST_GROUPS = 4  # more groups pay more fixed costs than any loop time they could hide here
 SPLIT = 0.9  # groups are tried for a round at least 10% shorter (the trial then checks the gain is real)
 REJOIN = 0.95  # and stay while it is at least 5% shorter (clients alternating between the two lose most)
-KEPT = 2000  # passes a kept patience lasts before the rule's rate is measured again
+KEPT = 2000  # passes kept groups or patience last before the rule's rate is measured again
 PATIENT_SHARE = 0.5  # patience is tried where batches hold under this share of the clients' peak
 BUSY = 0.5  # and the passes take at least this share of the time
 PEAK_DECAY = 0.97  # what the clients' peak keeps per pass: 32 clients become 8 in about 45 passes
@@ -100,7 +100,7 @@ class Population:
 
     peak: float = 0.0
     returns: Returns = field(default_factory=lambda: Returns())
-    groups: Trial = field(default_factory=Trial)
+    groups: Trial = field(default_factory=lambda: Trial(kept=KEPT))
     patience: Trial = field(default_factory=lambda: Trial(kept=KEPT))
     _rows: float = 0.0  # rows served, passes, and seconds between pass ends: decayed sums, the recent rate
     _passes: float = 0.0

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from mlserver_torchflow.engine.clients import Population
-from mlserver_torchflow.engine.trials import BLOCKED, SETTLED, TRIAL, Trial
+from mlserver_torchflow.engine.trials import BLOCKED, GRACE, SETTLED, TRIAL, Trial
 
 MS = 1e-3
 
@@ -26,6 +26,19 @@ def tried(trial: Trial, rate: float, baseline: float = 100.0) -> Trial:
 def test_a_trial_is_kept_only_if_it_serves_more(rate: float, kept: bool) -> None:
     trial = tried(Trial(), rate)
     assert trial.on is kept and trial.blocked is not kept and not trial.on_trial
+
+
+def test_the_verdict_weighs_means_over_passes_not_the_last_reading() -> None:
+    """The rule's rate over its settled passes against the trial's past GRACE: a noisy reading at either
+    end (a low one as the trial starts, a high one as it ends) does not keep a trial that loses."""
+    trial = Trial()
+    for _ in range(SETTLED - 1):
+        trial.passed(100.0)
+    trial.passed(70.0)
+    trial.start(70.0)  # the recent rate dipped just now: the baseline is still about 100
+    for k in range(TRIAL):
+        trial.passed(200.0 if k < GRACE else 130.0 if k == TRIAL - 1 else 96.0)
+    assert not trial.on and trial.blocked
 
 
 def test_each_failed_trial_blocks_the_next_twice_as_long() -> None:
