@@ -36,7 +36,7 @@ class Trial:
     on: bool = False
     kept: int = 0  # passes from a trial's start before a kept one gives way to the rule (0: forever)
     _left: int = 0  # passes of the trial still to run
-    _baseline: float = 0.0  # the rule's rate when the trial began
+    _baseline: float = 0.0  # the rule's mean rate over its settled passes before the trial
     _blocked: int = 0  # passes without a new trial after one that did not pay
     _failures: int = 0
     _settled: int = 0  # passes since the arrangement last changed

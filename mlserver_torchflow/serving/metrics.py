@@ -66,7 +66,7 @@ class BatchMetrics:
         ).labels(**labels)
         self._recompiles: Any = None
         self._rows_set = -1
-        self._levels: list[int] | None = None  # the sizes last set, per priority level
+        self._levels: list[int] = []  # the sizes last set, per priority level, and their gauges' children
         self._level_gauges: list[Any] = []
 
     def batch(self, rows: int, seconds: float) -> None:
@@ -86,8 +86,7 @@ class BatchMetrics:
         if rows != self._rows_set:
             self._rows_set = rows
             self._queue.set(rows)
-        levels = self._levels
-        if levels is None:
+        if not self._level_gauges:
             gauge = _get(
                 Gauge,
                 "torchflow_queue_requests",
@@ -98,7 +97,8 @@ class BatchMetrics:
             self._level_gauges = [
                 gauge.labels(**self._labels, priority=str(n)) for n in range(1, len(sizes) + 1)
             ]
-            levels = self._levels = [-1] * len(sizes)
+            self._levels = [-1] * len(sizes)
+        levels = self._levels
         for level, size in enumerate(sizes):
             if levels[level] != size:
                 levels[level] = size
