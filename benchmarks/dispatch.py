@@ -1,6 +1,7 @@
 """The dispatch benchmark: how close each batcher gets to what the device allows. Simulated devices (sleep
 F + R x rows per call, GIL released) from launch-bound to row-bound, plus the real mlp and conv, served by
-ours (batched), the peer (batched and unbatched) and the floor, 1-row requests, 1/8/32 closed-loop clients.
+ours (batched), the peer (batched and unbatched), the floor and, for the sims, the ideal floor (batching that
+knows its clients, on MLServer's own path: the bound realised here), 1-row requests, 1/8/32 closed-loop clients.
 
     python benchmarks/dispatch.py [--quick] [--pin [on|both]] [--sim F_MS,R_MS ...] [--tag NAME]
 
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import models
+import wake
 from dispatch_report import real_rows, sections, sim_rows
 from plot import plot
 from report import machine_tag, markdown, no_nan
@@ -66,10 +68,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="seconds of such waits, in all",
     )
     parser.add_argument(
-        "--no-floor-waited",
-        dest="floor_waited",
+        "--no-floor-ideal",
+        dest="floor_ideal",
         action="store_false",
-        help="skip the floor that waits one pass at 1 client (the 1-client latency reference)",
+        help="skip the floor that batches the sims knowing its clients (ideal batching, realised here)",
     )
     parser.add_argument("--client-mode", choices=("asyncio", "threads"), default="asyncio")
     parser.add_argument("--client-procs", type=int, default=1, help="client processes, one core each")
@@ -106,24 +108,20 @@ def run_pass(args: argparse.Namespace, pinned: bool, tag: str) -> str:
     """Every model and server once, with or without pinning; writes <tag>.md/.json/.png, returns the
     summary tables."""
     started, t0 = time.strftime("%Y-%m-%d %H:%M:%S %Z"), time.monotonic()
-    source = ours_source()
+    source, waking = ours_source(), wake.describe()
     args.no_pin = not pinned
     server_cpus, client_cpus = split_cpus(args)
     args.server_cpus_used, args.client_cpus_used = server_cpus or "all", client_cpus or "all"
     configs = server_configs(args)
     no_floor = [c for c in configs if c.group != "floor"]
-    waiting = (
-        [ServerConfig("floor-waited", "floor", "floor.WaitingFloor", None, True, 1)]
-        if args.floor_waited
-        else []
-    )
+    ideal = [ServerConfig("floor-ideal", "floor", "floor.IdealFloor", None, True)] if args.floor_ideal else []
 
     def configs_of(model: str) -> list:
         # The sims share one payload ([N, 16] in, [N, 10] out): the floor runs once, with the first; the
-        # floor that waits one pass runs at 1 client with each (the least latency there).
+        # ideal floor (batching that knows its clients, on MLServer's own path) runs with each.
         if model not in args.sims:
             return configs
-        return (configs if model == args.sims[0] else no_floor) + waiting
+        return (configs if model == args.sims[0] else no_floor) + ideal
 
     print(
         f"[dispatch] {tag}: models {args.models}, servers {[c.key for c in configs]}, protocols "
@@ -149,6 +147,7 @@ def run_pass(args: argparse.Namespace, pinned: bool, tag: str) -> str:
         else f"\nPinned: {'yes' if pinned else 'no'}. Took {elapsed / 60:.1f} min.\n"
     )
     head += describe_source(source, source_end)
+    head += f"\nWaking an idle machine (`benchmarks/wake.py`, the same small torch work): {waking}.\n"
     report = f"{head}\n{tables}\n## Every point: ours against the peer's best and the floor\n{rest}"
     stem = args.out / tag
     args.out.mkdir(parents=True, exist_ok=True)
@@ -159,6 +158,7 @@ def run_pass(args: argparse.Namespace, pinned: bool, tag: str) -> str:
         "elapsed_s": elapsed,
         "pinned": pinned,
         "ours_source": {"start": source, "end": source_end},
+        "waking": waking,
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "sim": sim,
         "real": real,
@@ -171,7 +171,7 @@ def run_pass(args: argparse.Namespace, pinned: bool, tag: str) -> str:
     for r in sim:
         bounds.setdefault((r["model"], r["protocol"]), []).append((r["concurrency"], r["bound_rps"]))
     # The floor's req/s dwarfs the sims' (it is in the bound, as f): their panels leave it out.
-    shown = [p for p in res.points if not (p.group == "floor" and p.model in args.sims)]
+    shown = [p for p in res.points if not (p.server == "floor" and p.model in args.sims)]
     problem = plot(shown, args, tag, Path(f"{stem}.png"), bounds)
     wrote = f"[dispatch] wrote {stem}.md, {stem}.json" + (f"; {problem}" if problem else f", {stem}.png")
     return f"# {tag} (pinned: {'yes' if pinned else 'no'}, {elapsed / 60:.1f} min)\n\n{tables}\n{wrote}\n"

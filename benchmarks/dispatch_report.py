@@ -43,7 +43,7 @@ def sim_rows(points: list[Point], sims: dict[str, Any], protocols: list[str], co
     """One row per sim shape, protocol and concurrency. f = 1 / the floor's req/s at the top concurrency,
     from whichever sim model the floor ran with (they share the [N, 16] payload)."""
     floors = [p for p in points if p.server == "floor" and p.model in sims and p.ok > 0]
-    waited = [p for p in points if p.server == "floor-waited" and p.ok > 0]
+    ideals = [p for p in points if p.server == "floor-ideal" and p.ok > 0]
     top, rows = max(concs), []
     for model, spec in sims.items():
         fixed, per_row = spec.fixed, spec.per_row
@@ -56,7 +56,9 @@ def sim_rows(points: list[Point], sims: dict[str, Any], protocols: list[str], co
                 ours, peer = _ours(group), best_of([p for p in group if p.group == "peer"])
                 ideal = bound(conc, fixed, per_row, cost)
                 target = (fixed + per_row) * 1e3 + floor_one.p50_ms if conc == 1 and floor_one else NAN
-                wait = next((p for p in _at(waited, model=model, protocol=proto, concurrency=conc)), None)
+                ideal_run = next(
+                    (p for p in _at(ideals, model=model, protocol=proto, concurrency=conc)), None
+                )
                 rows.append(
                     {
                         "model": model,
@@ -71,7 +73,8 @@ def sim_rows(points: list[Point], sims: dict[str, Any], protocols: list[str], co
                         "floor_us_per_req": cost * 1e6,
                         "bound_rps": ideal,
                         "target_p50_ms": target,
-                        "waited_p50_ms": wait.p50_ms if wait else NAN,
+                        "ideal_rps": ideal_run.rps if ideal_run else NAN,
+                        "ideal_p50_ms": ideal_run.p50_ms if ideal_run else NAN,
                         "problems": problems(group),
                     }
                 )
@@ -118,27 +121,32 @@ def sections(sim: list[dict], real: list[dict]) -> list[str]:
             "the floor's req/s at the top concurrency (same protocol). `ours/bound`, `peer/bound`, "
             "`ours/peer`: throughput ratios (`peer` = the peer's better configuration at that point, named "
             "in `cfg`). `p50 target` (1 client only) = F + R + the floor's 1-client p50; `p50/target` "
-            f"is met at ≤ {P50_SLACK:.2f}. `waited p50` (1 client): the floor that waits F + R on a thread "
-            "before answering, measured: the least any runtime on this MLServer shows, wake-ups of an idle "
-            "machine included; `p50/waited` compares ours with it. `problems`: failed/erroring/wrong points, "
-            "and `busy` ones, where "
+            f"is met at ≤ {P50_SLACK:.2f}. `ideal`: the floor that batches knowing its clients (floor.IdealFloor: "
+            "every client's request in one pass of F + R·C on a thread, on MLServer's own path), measured: "
+            "the bound realised on this machine, the wake-ups of an idle machine and its cold front end "
+            "included; at 1 client its p50 is the least any runtime on this MLServer shows. `ours/ideal`, "
+            "`p50/ideal` compare ours with it. `problems`: failed/erroring/wrong points, and `busy` ones, where "
             f"the rest of the machine used more than {BUSY_CORES} cores during the window (noise).",
             "",
             "| model | F ms | R ms | proto | C | ours req/s | peer req/s | cfg | floor µs/req | bound req/s "
-            "| ours/bound | peer/bound | ours/peer | ours p50 ms | p50 target ms | p50/target | waited p50 ms "
-            "| p50/waited | problems |",
-            "|" + "---|" * 19,
+            "| ours/bound | peer/bound | ours/peer | ideal req/s | ideal/bound | ours/ideal | ours p50 ms "
+            "| p50 target ms | p50/target | ideal p50 ms | p50/ideal | problems |",
+            "|" + "---|" * 22,
         ]
         for r in sim:
             p50 = ratio(r["ours_p50_ms"], r["target_p50_ms"]) + _verdict(r["ours_p50_ms"], r["target_p50_ms"])
+            one = r["concurrency"] == 1
             out.append(
                 f"| {r['model']} | {r['fixed_ms']:g} | {r['per_row_ms']:g} | {r['protocol']} "
                 f"| {r['concurrency']} | {fmt(r['ours_rps'])} | {fmt(r['peer_rps'])} | {r['peer_cfg']} "
                 f"| {fmt(r['floor_us_per_req'])} | {fmt(r['bound_rps'])} "
                 f"| {ratio(r['ours_rps'], r['bound_rps'])} | {ratio(r['peer_rps'], r['bound_rps'])} "
-                f"| {ratio(r['ours_rps'], r['peer_rps'])} | {fmt(r['ours_p50_ms'], 2)} "
-                f"| {fmt(r['target_p50_ms'], 2)} | {p50 if r['concurrency'] == 1 else ''} "
-                f"| {fmt(r['waited_p50_ms'], 2)} | {ratio(r['ours_p50_ms'], r['waited_p50_ms'])} "
+                f"| {ratio(r['ours_rps'], r['peer_rps'])} | {fmt(r['ideal_rps'])} "
+                f"| {ratio(r['ideal_rps'], r['bound_rps'])} | {ratio(r['ours_rps'], r['ideal_rps'])} "
+                f"| {fmt(r['ours_p50_ms'], 2)} "
+                f"| {fmt(r['target_p50_ms'], 2)} | {p50 if one else ''} "
+                f"| {fmt(r['ideal_p50_ms'], 2) if one else ''} "
+                f"| {ratio(r['ours_p50_ms'], r['ideal_p50_ms']) if one else ''} "
                 f"| {r['problems'] or ''} |"
             )
     if real:

@@ -70,18 +70,68 @@ class FloorRuntime(MLModel):
         }
 
 
-class WaitingFloor(FloorRuntime):
-    """The floor that first waits `wait_s` seconds (model-settings extra) on a thread of its own, as a pass
-    on a device keeps the host waiting: the least 1-client latency any runtime on this MLServer can show for
-    a model whose pass takes that long. It is more than the floor's p50 plus the wait: a machine left idle
-    for the wait wakes up slower (dispatch.py runs it at 1 client beside each simulated device)."""
+GUARD_S = 0.05  # a batch short of every client goes after this long (clients that stopped; fewer clients)
+
+
+class IdealFloor(FloorRuntime):
+    """Batching that knows its clients, on MLServer's own path: the bound of an ideal device, realised here.
+
+    A simulated device's pass (model-settings extra `fixed_s` + `per_row_s` x rows) is a wait on a thread of
+    its own, one at a time. A request waits until every client of the closed loop is in (as many as were
+    ever outstanding at once; `GUARD_S` after the first, fewer will do), then one pass answers them all.
+    A lone client's request goes at once: at 1 client this is the least latency any runtime on this
+    MLServer can show for that pass, more than the floor's p50 plus F + R, because a machine left idle
+    for the pass wakes up slower. At C clients it is what a batcher with a perfect policy reaches on this
+    machine and MLServer's path, its front end run cold after each pass: dispatch.py compares ours with it.
+    """
 
     async def load(self) -> bool:
         extra = (self.settings.parameters.extra if self.settings.parameters else None) or {}
-        self._wait = float(extra.get("wait_s", 0.0))
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="waiting-floor")
+        self._fixed, self._per_row = float(extra.get("fixed_s", 0.0)), float(extra.get("per_row_s", 0.0))
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="ideal-floor")
+        self._waiting: list[tuple[int, asyncio.Future[None]]] = []
+        self._outstanding = self._clients = 0
+        self._running = False
+        self._guard: asyncio.TimerHandle | None = None
         return await super().load()
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
-        await asyncio.get_running_loop().run_in_executor(self._thread, time.sleep, self._wait)
+        shape = payload.inputs[0].shape if payload.inputs else [1]
+        done = asyncio.get_running_loop().create_future()
+        self._waiting.append((int(shape[0]) if shape else 1, done))
+        self._outstanding += 1
+        self._clients = max(self._clients, self._outstanding)
+        try:
+            self._next()
+            await done
+        finally:
+            self._outstanding -= 1
         return await super().predict(payload)
+
+    def _next(self) -> None:
+        if self._running or not self._waiting:
+            return
+        if len(self._waiting) < self._clients:
+            if self._guard is None:
+                self._guard = asyncio.get_running_loop().call_later(GUARD_S, self._give_up)
+            return
+        if self._guard is not None:
+            self._guard.cancel()
+            self._guard = None
+        batch, self._waiting, self._running = self._waiting, [], True
+        asyncio.get_running_loop().create_task(self._pass(batch))
+
+    def _give_up(self) -> None:
+        self._guard, self._clients = None, self._outstanding
+        self._next()
+
+    async def _pass(self, batch: list[tuple[int, asyncio.Future[None]]]) -> None:
+        wait = self._fixed + self._per_row * sum(rows for rows, _ in batch)
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._thread, time.sleep, wait)
+        finally:
+            for _, done in batch:
+                if not done.done():
+                    done.set_result(None)
+            self._running = False
+            self._next()

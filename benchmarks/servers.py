@@ -52,7 +52,7 @@ class ServerConfig:
     group: str  # "ours" | "peer" | "floor"
     implementation: str
     batching: tuple[int, float] | None  # (max_batch_size, max_batch_time)
-    waits: bool = False  # the floor that waits a sim's F + R before answering (floor.WaitingFloor)
+    waits: bool = False  # the floor that batches a sim's passes, knowing its clients (floor.IdealFloor)
     only_concurrency: int | None = None  # measured at this concurrency only
 
     def label(self) -> str:
@@ -184,7 +184,7 @@ def start_server(
         settings["parameters"] = {"uri": str(model_path)}
     if cfg.group == "ours":
         settings["parameters"]["extra"] = extra if extra is not None else {"device": "cpu"}
-    if cfg.group == "floor" and extra is not None:  # floor.WaitingFloor: how long it waits
+    if cfg.group == "floor" and extra is not None:  # floor.IdealFloor: its simulated device
         settings["parameters"] = {"extra": extra}
     if cfg.group == "floor":  # metadata only (the floor never reads it): names for its config endpoint
         settings["inputs"] = [{"name": "input-0", "datatype": "FP32", "shape": [-1, *row_shape]}]

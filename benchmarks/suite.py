@@ -49,8 +49,8 @@ def run_suite(
 
 
 def _extra(cfg: ServerConfig, spec: Any) -> dict[str, Any] | None:
-    """The waiting floor's wait: one pass of the simulated device over one row."""
-    return {"wait_s": spec.fixed + spec.per_row} if cfg.waits else None
+    """The ideal floor's simulated device: its fixed and per-row seconds."""
+    return {"fixed_s": spec.fixed, "per_row_s": spec.per_row} if cfg.waits else None
 
 
 def _grid(args: argparse.Namespace) -> list[tuple[str, int, int]]:
