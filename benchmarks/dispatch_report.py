@@ -54,11 +54,9 @@ def sim_rows(points: list[Point], sims: dict[str, Any], protocols: list[str], co
             for conc in concs:
                 group = _at(points, model=model, protocol=proto, concurrency=conc)
                 ours, peer = _ours(group), best_of([p for p in group if p.group == "peer"])
-                ideal = bound(conc, fixed, per_row, cost)
+                limit = bound(conc, fixed, per_row, cost)
                 target = (fixed + per_row) * 1e3 + floor_one.p50_ms if conc == 1 and floor_one else NAN
-                ideal_run = next(
-                    (p for p in _at(ideals, model=model, protocol=proto, concurrency=conc)), None
-                )
+                ideal = next((p for p in _at(ideals, model=model, protocol=proto, concurrency=conc)), None)
                 rows.append(
                     {
                         "model": model,
@@ -71,10 +69,10 @@ def sim_rows(points: list[Point], sims: dict[str, Any], protocols: list[str], co
                         "peer_rps": peer.rps if peer else NAN,
                         "peer_cfg": peer.server.removeprefix("peer-") if peer else "",
                         "floor_us_per_req": cost * 1e6,
-                        "bound_rps": ideal,
+                        "bound_rps": limit,
                         "target_p50_ms": target,
-                        "ideal_rps": ideal_run.rps if ideal_run else NAN,
-                        "ideal_p50_ms": ideal_run.p50_ms if ideal_run else NAN,
+                        "ideal_rps": ideal.rps if ideal else NAN,
+                        "ideal_p50_ms": ideal.p50_ms if ideal else NAN,
                         "problems": problems(group),
                     }
                 )
