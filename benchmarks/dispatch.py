@@ -114,7 +114,11 @@ def run_pass(args: argparse.Namespace, pinned: bool, tag: str) -> str:
     args.server_cpus_used, args.client_cpus_used = server_cpus or "all", client_cpus or "all"
     configs = server_configs(args)
     no_floor = [c for c in configs if c.group != "floor"]
-    ideal = [ServerConfig("floor-ideal", "floor", "floor.IdealFloor", None, True)] if args.floor_ideal else []
+    ideal = (
+        [ServerConfig("floor-ideal", "floor", "floor.IdealFloor", None, ideal=True)]
+        if args.floor_ideal
+        else []
+    )
 
     def configs_of(model: str) -> list:
         # The sims share one payload ([N, 16] in, [N, 10] out): the floor runs once, with the first; the

@@ -28,14 +28,19 @@ from mlserver.types import InferenceRequest, InferenceResponse, ResponseOutput
 OUTPUT_WIDTH = 10
 
 
+def rows_of(payload: InferenceRequest) -> int:
+    """The first input's first dimension (1 without inputs or a shape)."""
+    shape = payload.inputs[0].shape if payload.inputs else [1]
+    return int(shape[0]) if shape else 1
+
+
 class FloorRuntime(MLModel):
     async def load(self) -> bool:
         self._zeros: dict[int, list[float]] = {}
         return True
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
-        shape = payload.inputs[0].shape if payload.inputs else [1]
-        rows = int(shape[0]) if shape else 1
+        rows = rows_of(payload)
         data = self._zeros.get(rows)
         if data is None:
             data = self._zeros[rows] = [0.0] * (rows * OUTPUT_WIDTH)
@@ -96,9 +101,8 @@ class IdealFloor(FloorRuntime):
         return await super().load()
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
-        shape = payload.inputs[0].shape if payload.inputs else [1]
         done = asyncio.get_running_loop().create_future()
-        self._waiting.append((int(shape[0]) if shape else 1, done))
+        self._waiting.append((rows_of(payload), done))
         self._outstanding += 1
         self._clients = max(self._clients, self._outstanding)
         try:

@@ -52,8 +52,7 @@ class ServerConfig:
     group: str  # "ours" | "peer" | "floor"
     implementation: str
     batching: tuple[int, float] | None  # (max_batch_size, max_batch_time)
-    waits: bool = False  # the floor that batches a sim's passes, knowing its clients (floor.IdealFloor)
-    only_concurrency: int | None = None  # measured at this concurrency only
+    ideal: bool = False  # floor.IdealFloor: it is given the sim's F and R (suite._extra)
 
     def label(self) -> str:
         if self.batching is None:

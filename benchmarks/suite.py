@@ -50,7 +50,7 @@ def run_suite(
 
 def _extra(cfg: ServerConfig, spec: Any) -> dict[str, Any] | None:
     """The ideal floor's simulated device: its fixed and per-row seconds."""
-    return {"fixed_s": spec.fixed, "per_row_s": spec.per_row} if cfg.waits else None
+    return {"fixed_s": spec.fixed, "per_row_s": spec.per_row} if cfg.ideal else None
 
 
 def _grid(args: argparse.Namespace) -> list[tuple[str, int, int]]:
@@ -91,8 +91,6 @@ def _one_server(
             iface = None
         mark = len(server.log())
         for proto, rows, conc in _grid(args):
-            if cfg.only_concurrency is not None and conc != cfg.only_concurrency:
-                continue
             point = Point(model, cfg.key, cfg.group, proto, rows, conc)
             if iface is not None and server.proc is not None and server.proc.poll() is not None:
                 # It died during the previous point: keep its log, start it again, go on.

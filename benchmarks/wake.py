@@ -16,12 +16,12 @@ import time
 import numpy as np
 import torch
 
-SLEEPS_S = (0.0, 0.001, 0.005, 0.020)  # hot; then idles about as long as the sim shapes' passes
+IDLES_S = (0.001, 0.005, 0.020)  # about as long as the sim shapes' passes
 TURNS = 120
 
 
 def work_cpu_us(sleep_s: float, turns: int = TURNS) -> float:
-    """Median thread CPU (µs) of a few small torch ops on a 1-row array, each right after `sleep_s`."""
+    """Median thread CPU (µs) of a few small torch ops on an 8-row array, each right after `sleep_s`."""
     array = np.random.default_rng(0).random((8, 16), dtype=np.float32)
     seen = []
     for turn in range(turns):
@@ -36,10 +36,15 @@ def work_cpu_us(sleep_s: float, turns: int = TURNS) -> float:
 
 
 def describe() -> str:
-    """One line: the work's CPU hot and after each idle, e.g. 'hot 12 µs; after 1 ms 31 µs (2.6×); ...'."""
+    """One line: the work's CPU hot and after each idle, e.g. 'hot 12 µs; after 1 ms idle 31 µs (2.6×); ...'.
+    On one torch thread, as the sims' passes run; the caller's thread count is put back."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    hot = work_cpu_us(0.0)
-    after = [(s, work_cpu_us(s)) for s in SLEEPS_S[1:]]
+    try:
+        hot = work_cpu_us(0.0)
+        after = [(s, work_cpu_us(s)) for s in IDLES_S]
+    finally:
+        torch.set_num_threads(threads)
     return f"hot {hot:.0f} µs; " + "; ".join(
         f"after {s * 1e3:g} ms idle {us:.0f} µs ({us / hot:.1f}×)" for s, us in after
     )
