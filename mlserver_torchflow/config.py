@@ -372,6 +372,12 @@ class ServerSettings(BaseSettings):
     handlers) without its router and FastAPI's route machinery, a third of the event loop's time per
     request (patches/fast_lane.py). Off, or with CORS or tracing on: MLServer's full path."""
 
+    grpc_fast_lane: bool = True
+    """gRPC `ModelInfer` for a model of this runtime in the server's own process without MLServer's pydantic
+    round trip: the protobuf request read straight into arrays and the response written from them, with
+    MLServer's metrics, CloudEvents trailing metadata and error codes (serving/grpc_lane.py). Off, with
+    metrics off, the response cache on, or parallel workers: MLServer's path."""
+
     gc_freeze: bool = True
     """After each load, move what the process holds out of the garbage collector's full passes
     (`gc.freeze`), which otherwise stop every request for ~200 ms every few seconds under load;

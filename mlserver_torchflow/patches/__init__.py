@@ -8,11 +8,12 @@
 | `frontends` | MLServer's `RESTServer.add_custom_handlers` | a handle on the running app and gRPC server |
 | `repository_index` | MLServer's gRPC repository index converter | states read `READY`, not `State.READY` |
 | `grpc_status` | MLServer's status -> gRPC code table | 413 and 503 get their gRPC codes |
-| `restricted` | MLServer's gRPC metrics interceptor | repository and statistics behind a required header |
+| `grpc_routes` | MLServer's gRPC metrics interceptor | restricted methods refused (`restricted`); inference re-routed to the gRPC lane |
 | `shutdown` | `MLServer.stop` | SIGTERM drains: not ready, no new connections, accepted requests answered |
 | `startup` | `DataPlane.ready`, a filter on MLServer's log | a failed startup exits 3, not 0 |
 | `internals` | nothing (reads prometheus and MLServer state) | metric reuse, MLServer's log format |
 | `fast_lane` | nothing (builds the app's middleware around the infer endpoint) | REST inference without the router |
+| `grpc_lane` | nothing (reads MLServer's data plane, repeats its servicer's behaviour) | gRPC inference without pydantic |
 | `torch_load` | torch.load's weights-only switch, pt2 devices, per load | safe and CPU-only pt2 loads |
 | `torch_compile` | nothing (builds inductor's private wrapper) | compile modes behind our backend |
 
@@ -30,11 +31,12 @@ from . import (
     body_limit,
     fast_lane,
     frontends,
+    grpc_lane,
     grpc_raw,
+    grpc_routes,
     grpc_status,
     internals,
     repository_index,
-    restricted,
     shutdown,
     startup,
     torch_compile,
@@ -50,11 +52,12 @@ PATCHES: tuple[Patch, ...] = (
     frontends.PATCH,
     repository_index.PATCH,
     grpc_status.PATCH,
-    restricted.PATCH,
+    grpc_routes.PATCH,
     shutdown.PATCH,
     startup.PATCH,
     internals.PATCH,
     fast_lane.PATCH,
+    grpc_lane.PATCH,
     torch_load.PATCH,
     torch_compile.PATCH,
 )

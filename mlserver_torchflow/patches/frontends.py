@@ -27,7 +27,7 @@ from mlserver.rest.server import RESTServer
 
 from ..config import server_settings
 from ..errors import ModelLoadError
-from .restricted import grpc_guarded
+from .grpc_routes import intercepted
 from .shutdown import draining
 from .targets import Patch, Target
 
@@ -40,6 +40,7 @@ class Frontends:
     data_plane: Any  # mlserver.handlers.DataPlane
     repository: Any  # mlserver.handlers.ModelRepositoryHandlers
     grpc_server: Any  # grpc.aio.Server, or None when it cannot be found
+    grpc_routable: bool = False  # its calls pass MLServer's metrics interceptor (`grpc_routes`)
 
     async def model(self, name: str, version: str | None = None) -> Any:
         """The model MLServer would run for this name and version (raises MLServer's ModelNotFound)."""
@@ -110,10 +111,12 @@ def attach(hook: Callable[[Frontends], None]) -> None:
         _hooks.append(hook)
 
 
-def _grpc_server(rest: RESTServer) -> Any:
+def _grpc_server(rest: RESTServer) -> tuple[Any, bool]:
+    """The running gRPC server beside `rest`, and whether its calls pass the interceptor `grpc_routes` wraps."""
     for obj in gc.get_objects():
         if isinstance(obj, GRPCServer) and obj._data_plane is rest._data_plane:
-            if server_settings().restricted() and not grpc_guarded(getattr(obj, "_interceptors", ())):
+            routable = intercepted(getattr(obj, "_interceptors", ()))
+            if server_settings().restricted() and not routable:
                 raise ModelLoadError(
                     "MLSERVER_TORCHFLOW_RESTRICTED_APIS needs MLServer's gRPC metrics interceptor to guard "
                     "the gRPC methods, and metrics are off (metrics_endpoint): turn them on, or unset it."
@@ -121,15 +124,15 @@ def _grpc_server(rest: RESTServer) -> Any:
             servicer = getattr(obj, "_inference_servicer", None)
             if servicer is not None and not isinstance(servicer._data_plane, _GrpcDataPlane):
                 servicer._data_plane = _GrpcDataPlane(servicer._data_plane)
-            return getattr(obj, "_server", None)
-    return None
+            return getattr(obj, "_server", None), routable
+    return None, False
 
 
 async def _add_custom_handlers(self: RESTServer, model: Any) -> Any:
     if id(self) not in _mounted:
         _mounted.add(id(self))
         frontends = Frontends(
-            self._app, self._data_plane, self._model_repository_handlers, _grpc_server(self)
+            self._app, self._data_plane, self._model_repository_handlers, *_grpc_server(self)
         )
         for hook in _hooks:
             hook(frontends)

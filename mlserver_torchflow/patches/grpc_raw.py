@@ -58,7 +58,7 @@ def _to_types(cls: type, pb_object: pb.ModelInferRequest) -> types.InferenceRequ
 def _convert(pb_object: pb.ModelInferRequest) -> types.InferenceRequest:
     if pb_object.model_name in _models and not pb_object.raw_input_contents:
         request = _original(pb_object)
-        request.parameters = _parameters(pb_object.parameters)
+        request.parameters = parameters(pb_object.parameters)
         return request
     if pb_object.model_name not in _models:
         try:
@@ -72,21 +72,26 @@ def _convert(pb_object: pb.ModelInferRequest) -> types.InferenceRequest:
             ) from err
     request = types.InferenceRequest.model_construct(
         id=pb_object.id,
-        parameters=_parameters(pb_object.parameters),
+        parameters=parameters(pb_object.parameters),
         inputs=[_input(inp) for inp in pb_object.inputs],
     )
     if pb_object.outputs:
         request.outputs = [InferRequestedOutputTensorConverter.to_types(o) for o in pb_object.outputs]
     raw = list(pb_object.raw_input_contents)
     empty = [inp for inp in request.inputs if not inp.data]
-    if len(raw) != len(empty):
-        raise InvalidInput(
-            f"the request has {len(raw)} raw_input_contents for {len(empty)} inputs without "
-            "contents; send one raw buffer per input, in input order."
-        )
+    check_raw(len(raw), len(empty))
     for inp, buffer in zip(empty, raw, strict=False):
         inp.data = types.TensorData.model_construct(root=buffer)
     return request
+
+
+def check_raw(buffers: int, empty: int) -> None:
+    """One raw buffer for each input sent without contents, as Triton pairs them."""
+    if buffers != empty:
+        raise InvalidInput(
+            f"the request has {buffers} raw_input_contents for {empty} inputs without "
+            "contents; send one raw buffer per input, in input order."
+        )
 
 
 def _input(pb_input: pb.ModelInferRequest.InferInputTensor) -> types.RequestInput:
@@ -101,22 +106,22 @@ def _input(pb_input: pb.ModelInferRequest.InferInputTensor) -> types.RequestInpu
     )
 
 
-def _parameters(pb_map: Any) -> types.Parameters | None:
+def parameters(pb_map: Any) -> types.Parameters | None:
     """MLServer's conversion, plus the values its older `InferParameter` cannot read: Triton's
     `uint64_param` (field 5: tritonclient sends `priority` so) and `double_param` (field 4) arrive as
     unknown fields, which MLServer drops, silently ignoring a request's priority."""
-    parameters = ParametersConverter.to_types(pb_map)
-    if parameters is None:
+    found = ParametersConverter.to_types(pb_map)
+    if found is None:
         return None
     for key, value in pb_map.items():
-        if getattr(parameters, key, None) is not None:
+        if getattr(found, key, None) is not None:
             continue
         for field in UnknownFieldSet(value):
             if field.field_number == 5 and field.wire_type == 0:  # uint64_param: a varint
-                setattr(parameters, key, int(field.data))
+                setattr(found, key, int(field.data))
             elif field.field_number == 4 and field.wire_type == 1:  # double_param: 8 bytes, as an int
-                setattr(parameters, key, struct.unpack("<d", struct.pack("<Q", field.data))[0])
-    return parameters
+                setattr(found, key, struct.unpack("<d", struct.pack("<Q", field.data))[0])
+    return found
 
 
 PATCH = Patch(

@@ -6,8 +6,8 @@ group, its calls need the header `MLSERVER_TORCHFLOW_RESTRICTED_HEADER` (`key=va
 are off for everyone without one; a refusal is a 403 / PERMISSION_DENIED that says how to enable it.
 
 REST: the serving layer's routes call `check`. gRPC: MLServer registers its repository methods before any
-runtime loads, so they cannot be replaced; its metrics interceptor is called for every RPC and looked up
-on its class per call, so it is wrapped here to refuse a restricted method before MLServer's handler runs.
+runtime loads, so they cannot be replaced; `grpc_routes` asks `refusal` for every RPC, before MLServer's
+handler runs.
 """
 
 from __future__ import annotations
@@ -17,11 +17,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import grpc
-from mlserver.grpc.interceptors import PromServerInterceptor
 
 from ..config import server_settings
 from ..errors import Forbidden
-from .targets import Patch, Target
 
 # gRPC methods by group: Triton's names on MLServer's inference service, and MLServer's own service.
 GRPC_METHODS = {
@@ -32,7 +30,6 @@ GRPC_METHODS = {
     },
     "statistics": {"/inference.GRPCInferenceService/ModelStatistics"},
 }
-_original = PromServerInterceptor.intercept_service
 
 
 def check(group: str, headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> None:
@@ -65,37 +62,12 @@ def _refusal(message: str) -> grpc.RpcMethodHandler:
     return grpc.unary_unary_rpc_method_handler(refuse)
 
 
-async def _intercept(self: Any, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+def refusal(details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+    """A handler that refuses the call, when it is to a restricted method without the header; else None."""
     group = _group_of(details.method)
     if group is not None:
         try:
             check(group, details.invocation_metadata or ())
         except Forbidden as err:
             return _refusal(str(err))
-    return await _original(self, continuation, details)
-
-
-def install() -> None:
-    PromServerInterceptor.intercept_service = _intercept  # type: ignore[method-assign]
-
-
-def grpc_guarded(interceptors: Iterable[Any]) -> bool:
-    """Whether MLServer's gRPC server runs the interceptor this patch wraps (it does unless metrics are off)."""
-    return any(isinstance(i, PromServerInterceptor) for i in interceptors)
-
-
-PATCH = Patch(
-    name="restricted",
-    why="the model repository and statistics behind a required header over REST and gRPC (Triton's restricted APIs)",
-    targets=(
-        Target(
-            "mlserver.grpc.interceptors:PromServerInterceptor.intercept_service",
-            "mlserver",
-            ("1.7.1",),
-            "204ed05c6e3d",
-        ),
-        # Adds the interceptor whenever metrics are on, and registers the repository methods.
-        Target("mlserver.grpc.server:GRPCServer._create_server", "mlserver", ("1.7.1",), "2bd570d750e1"),
-    ),
-    install=install,
-)
+    return None

@@ -233,7 +233,8 @@ def _stack_columns(columns: list[np.ndarray], specs: Sequence[TensorSpec]) -> np
     return np.stack(columns, axis=1).astype(dtype, copy=False)
 
 
-def encode_outputs(named: Named, interface: Interface, requested: list[str] | None) -> list[ResponseOutput]:
+def select_outputs(named: Named, interface: Interface, requested: list[str] | None) -> Named:
+    """The outputs the client asked for, each in its signature's dtype or one V2 carries."""
     specs = {s.name: s for s in interface.outputs or ()}
     result = []
     for name, array in named:
@@ -244,19 +245,25 @@ def encode_outputs(named: Named, interface: Interface, requested: list[str] | No
             array = array.astype(spec.dtype)
         elif array.dtype not in NUMPY_TO_V2:
             array = array.astype(np.float32 if array.dtype.kind in "fV" else np.int64)
-        result.append(
-            ResponseOutput.model_construct(
-                name=name,
-                shape=list(array.shape),
-                datatype=NUMPY_TO_V2[array.dtype],  # a str, as pydantic stores it (use_enum_values)
-                parameters=None,
-                data=TensorData.model_construct(root=array.reshape(-1).tolist()),
-            )
-        )
+        result.append((name, array))
     return result
 
 
-def check_requested(request: InferenceRequest, known: list[str] | None) -> list[str] | None:
+def response_outputs(selected: Named) -> list[ResponseOutput]:
+    """`select_outputs`' arrays as MLServer's response outputs (JSON lists)."""
+    return [
+        ResponseOutput.model_construct(
+            name=name,
+            shape=list(array.shape),
+            datatype=NUMPY_TO_V2[array.dtype],  # a str, as pydantic stores it (use_enum_values)
+            parameters=None,
+            data=TensorData.model_construct(root=array.reshape(-1).tolist()),
+        )
+        for name, array in selected
+    ]
+
+
+def check_requested(request: Any, known: list[str] | None) -> list[str] | None:
     """The output names the client asked for (V2 `outputs`), checked against what the model returns."""
     if not request.outputs:
         return None

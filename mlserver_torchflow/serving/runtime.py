@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from mlserver import MLModel
 from mlserver.settings import ModelSettings
 from mlserver.types import InferenceRequest, InferenceResponse, MetadataModelResponse
 
 from .. import patches
-from ..common import first_line, logger, rows_of
+from ..common import Named, first_line, logger, rows_of
 from ..config import load_settings, server_settings
 from ..engine.compiling import describe as describe_compile
 from ..engine.examples import load_example
@@ -33,7 +34,7 @@ from ..engine.replicas import load_replicas
 from ..engine.versions import check_versions
 from ..errors import DamagedWeights, ModelExecutionError, ModelLoadError, TorchFlowError, Unloading
 from ..patches import frontends, grpc_raw, shutdown, startup
-from ..protocol.codec import check_requested, decode_request, encode_outputs
+from ..protocol.codec import check_requested, decode_request, response_outputs, select_outputs
 from ..protocol.metadata import build_metadata, observed_outputs, triton_config, triton_queue_policy
 from ..protocol.scheduling import scheduling
 from ..protocol.shapes import ShapeRules
@@ -42,6 +43,8 @@ from . import heap, lifecycle, logs, threads, triton
 from .advice import advise
 from .metrics import BatchMetrics
 from .stats import ModelStats
+
+T = TypeVar("T")
 
 
 class TorchFlowRuntime(MLModel):
@@ -196,25 +199,43 @@ class TorchFlowRuntime(MLModel):
         return self.settings.parameters.extra if self.settings.parameters else None
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        def respond(outputs: Named) -> InferenceResponse:
+            # Built from checked parts: skip pydantic's second validation on the hot path.
+            return InferenceResponse.model_construct(
+                model_name=self.name,
+                model_version=self.version,
+                id=payload.id,
+                parameters=None,
+                outputs=response_outputs(outputs),
+            )
+
+        parameters = payload.parameters
+        return await self.answer(payload, respond, lambda: parameters.headers if parameters else None)
+
+    async def answer(
+        self, request: Any, encode: Callable[[Named], T], headers: Callable[[], Mapping[str, str] | None]
+    ) -> T:
+        """Decode and check `request` (an `InferenceRequest`, or the gRPC lane's `grpc_codec.Request`),
+        batch, run, and `encode` the outputs the client asked for. `headers` are read only for the log
+        line of a failure."""
         started = time.monotonic()
         self._active += 1
         try:
-            return await self._predict(payload, started)
+            return await self._answer(request, encode, started)
         except TorchFlowError as err:
             self.stats.failed(time.monotonic() - started)
-            headers = payload.parameters.headers if payload.parameters is not None else None
-            logs.request_failed(self.name, payload.id, headers, err)
-            logs.tag_with_request_id(err, payload.id)
+            logs.request_failed(self.name, request.id, headers(), err)
+            logs.tag_with_request_id(err, request.id)
             raise
         finally:
             self._active -= 1
 
-    async def _predict(self, payload: InferenceRequest, started: float) -> InferenceResponse:
+    async def _answer(self, request: Any, encode: Callable[[Named], T], started: float) -> T:
         interface = self._interface
         known = [s.name for s in interface.outputs] if interface.outputs else None
-        requested = check_requested(payload, known)
-        arrays = decode_request(payload, interface, self._limits)
-        priority, timeout_us = scheduling(payload.parameters)
+        requested = check_requested(request, known)
+        arrays = decode_request(request, interface, self._limits)
+        priority, timeout_us = scheduling(request.parameters)
         decoded = time.monotonic()
         phases = Phases()
         batcher = self.__dict__.get("_batcher")
@@ -225,25 +246,18 @@ class TorchFlowRuntime(MLModel):
         except TorchFlowError:
             raise
         except Exception as err:
-            # Logged with its traceback by predict(), as one failed request.
+            # Logged with its traceback by answer(), as one failed request.
             line = first_line(str(err))
             raise ModelExecutionError(
                 f"model {self.name!r} failed on this request: {type(err).__name__}: {line}"
             ) from err
         answered = time.monotonic()
-        outputs = encode_outputs(named, interface, requested)
+        encoded = encode(select_outputs(named, interface, requested))
         finished = time.monotonic()
         phases.compute_input += decoded - started
         phases.compute_output += finished - answered
         self.stats.succeeded(rows_of(arrays), finished - started, phases)
-        # Built from checked parts: skip pydantic's second validation on the hot path.
-        return InferenceResponse.model_construct(
-            model_name=self.name,
-            model_version=self.version,
-            id=payload.id,
-            parameters=None,
-            outputs=outputs,
-        )
+        return encoded
 
     async def metadata(self) -> MetadataModelResponse:
         interface = self._interface

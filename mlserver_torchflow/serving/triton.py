@@ -14,7 +14,7 @@ from typing import Any
 from mlserver.handlers.custom import CustomHandler, register_custom_handler
 
 from ..patches.frontends import Frontends
-from . import rest, triton_grpc
+from . import grpc_lane, rest, triton_grpc
 
 Handler = Callable[[], Awaitable[dict[str, Any]]]
 
@@ -31,6 +31,7 @@ def custom_handler(model: str, name: str, path: str, call: Handler) -> Handler:
 
 
 def mount(servers: Frontends) -> None:
-    """Triton's REST routes and gRPC methods, once per MLServer."""
+    """Triton's REST routes and gRPC methods, and the gRPC lane, once per MLServer."""
     rest.mount(servers)
     triton_grpc.mount(servers)
+    grpc_lane.mount(servers)

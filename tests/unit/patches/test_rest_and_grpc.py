@@ -148,7 +148,7 @@ def test_triton_parameter_kinds_that_mlservers_protobuf_lacks_are_read() -> None
     request.parameters["priority"].MergeFromString(bytes([5 << 3 | 0, 2]))  # uint64_param = 2
     request.parameters["ratio"].MergeFromString(bytes([4 << 3 | 1]) + struct.pack("<d", 0.5))
     request.parameters["timeout"].int64_param = 1000
-    parameters = grpc_raw._parameters(request.parameters)
+    parameters = grpc_raw.parameters(request.parameters)
     assert parameters is not None
     assert (parameters.priority, parameters.ratio, parameters.timeout) == (2, 0.5, 1000)
-    assert grpc_raw._parameters(pb.ModelInferRequest().parameters) is None
+    assert grpc_raw.parameters(pb.ModelInferRequest().parameters) is None

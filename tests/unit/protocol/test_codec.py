@@ -7,7 +7,7 @@ import pytest
 from mlserver.types import InferenceRequest, RequestInput, TensorData
 
 from mlserver_torchflow.errors import InvalidInput
-from mlserver_torchflow.protocol.codec import cast_allowed, decode_request, encode_outputs
+from mlserver_torchflow.protocol.codec import cast_allowed, decode_request, response_outputs, select_outputs
 from mlserver_torchflow.protocol.signature import Interface, TensorSpec, interface_from_mlmodel
 
 SINGLE = Interface(
@@ -119,7 +119,7 @@ def test_output_names_dict_signature_and_default() -> None:
 
 
 def test_outputs_take_the_signature_dtype() -> None:
-    (out,) = encode_outputs([("output-0", np.ones((2, 3), np.float16))], SINGLE, None)
+    (out,) = response_outputs(select_outputs([("output-0", np.ones((2, 3), np.float16))], SINGLE, None))
     assert out.datatype == "FP32" and out.shape == [2, 3]
 
 
