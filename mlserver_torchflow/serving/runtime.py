@@ -7,6 +7,8 @@ MLServer calls each hook with a contract of its own:
   False would still report ready. A failure at startup makes the process exit 3 (patches.startup).
 - `predict(request)`: decode and check, batch, run, encode. Every client error is a `TorchFlowError`
   with its status; anything the model raises becomes a 500 with one line, the traceback in the log.
+  Its work is `answer(request, encode, headers)`, which the gRPC lane (`grpc_lane`) calls with its own
+  request and an `encode` that writes the protobuf response.
 - `metadata()`: the V2 interface from the signature, plus `torchflow.*` facts about the load.
 - `unload()`: also after a failed load, so every attribute may be missing. Frees each device.
 """
