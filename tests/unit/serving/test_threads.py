@@ -83,4 +83,6 @@ def test_a_copys_thread_runs_the_configured_pool_not_openmps_default(tmp_path: P
         [sys.executable, "-c", code, str(tmp_path / "m.pt")],
         capture_output=True, text=True, check=True, timeout=120, env=env,
     )  # fmt: skip
-    assert out.stdout.split() == ["1"]  # without the set-up: 4 (OpenMP workers stay after the thread)
+    # Without the set-up: 4 (OpenMP workers stay after the thread). With it, 1, or 0 when a short-lived thread
+    # of torch's start-up was still alive at the first count.
+    assert int(out.stdout.split()[-1]) in (0, 1)
