@@ -36,10 +36,6 @@ def unroute(method: str) -> None:
     _lanes.pop(method, None)
 
 
-def routed(method: str) -> bool:
-    return method in _lanes
-
-
 def intercepted(interceptors: Any) -> bool:
     """Whether MLServer's gRPC server runs the interceptor wrapped here (it does unless metrics are off)."""
     return any(isinstance(i, PromServerInterceptor) for i in interceptors)
