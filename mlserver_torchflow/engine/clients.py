@@ -27,7 +27,14 @@ rows then goes without waiting for the rest: they come back while it computes an
 
 The model only proposes; the rows served decide (trials.py): the lag and `c` measured in one
 arrangement do not hold in the other, and where the model's margin is thin (8 clients of a 5 ms fixed
-cost here) two groups served fewer requests than one.
+cost here) two groups served fewer requests than one. Once proposed, the model no longer decides:
+groups in place change what it is fed (the lag shrinks), so that it withdrew them a few passes into each
+trial, and proposed them again from the rule's measurements SETTLED passes later: never judged, never
+blocked, a quarter of the passes of 8 clients of the middle shape over REST went in pairs of 4 rows. So
+groups stay for the trial, and where kept for KEPT passes, as many groups as first proposed (their rows
+follow the clients' peak); only clients who leave (a peak under 2) end them early. Other clients (a peak
+LOAD_CHANGE times higher or lower), or an idle spell (STALE between passes), void a trial and the rates it
+compares: a pause between two loads once made the rule's baseline a quarter of its rate, and kept groups.
 
 Patience. On our cores the rule's premise fails: a pass does not run on a device that idles while
 requests wait, it takes the cores (and the GIL) that the event loop needs to read them, so each pass
@@ -57,12 +64,12 @@ from .trials import Trial
 
 MOST_GROUPS = 4  # more groups pay more fixed costs than any loop time they could hide here
 SPLIT = 0.9  # groups are tried for a round at least 10% shorter (the trial then checks the gain is real)
-REJOIN = 0.95  # and stay while it is at least 5% shorter (clients alternating between the two lose most)
 KEPT = 2000  # passes kept groups or patience last before the rule's rate is measured again
 PATIENT_SHARE = 0.5  # patience is tried where batches hold under this share of the clients' peak
 BUSY = 0.5  # and the passes take at least this share of the time
 PEAK_DECAY = 0.97  # what the clients' peak keeps per pass: 32 clients become 8 in about 45 passes
 TRACKED = 2  # passes whose clients may still be coming back: the last two (two groups take turns)
+LOAD_CHANGE = 1.5  # a peak of clients this many times higher or lower than the trials' means were taken at
 STALE = 0.5  # seconds: clients not back by then are not a closed loop at this pace (they left, or think)
 
 
@@ -74,12 +81,9 @@ def round_seconds(groups: int, fixed: float, per_row: float, clients: int, back:
     return max(device, loop, fixed + lag + (per_row * clients + loop) / groups)
 
 
-def group_rows(
-    fixed: float, per_row: float, clients: float, back: float, lag: float, grouped: bool = False
-) -> int | None:
+def group_rows(fixed: float, per_row: float, clients: float, back: float, lag: float) -> int | None:
     """Rows at which a batch goes without waiting for the rest of `clients` (a fading peak: rounded), or
-    None where one group is best (or nothing is known yet). `grouped`: groups are in place now, which
-    they keep at a smaller gain (REJOIN) than they form at (SPLIT)."""
+    None where one group is best (or nothing is known yet)."""
     count = round(clients)
     if count < 2 or back <= 0:
         return None
@@ -87,7 +91,7 @@ def group_rows(
     best, rounds = min(
         (round_seconds(k, fixed, per_row, count, back, lag), k) for k in range(1, min(MOST_GROUPS, count) + 1)
     )
-    if rounds == 1 or best > (REJOIN if grouped else SPLIT) * one:
+    if rounds == 1 or best > SPLIT * one:
         return None
     return math.ceil(count / rounds)
 
@@ -107,17 +111,24 @@ class Population:
     _busy: float = 0.0  # seconds the passes took
     _seconds: float = 0.0
     _last_end: float | None = None
+    _groups: int = 0  # how many groups take turns, on trial or kept
+    _load: float = 0.0  # the clients' peak the trials' means were taken at
 
     def arrived(self, outstanding: int, now: float = 0.0, rows: int = 0, lag: float = 0.0) -> None:
         self.peak = max(self.peak, float(outstanding))
         self.returns.arrived(now, rows, lag)
+        if not LOAD_CHANGE * self._load >= self.peak >= self._load / LOAD_CHANGE:
+            self._load = self.peak  # other clients: a rate measured before compares nothing
+            self._restart()
 
     def passed(self, now: float = 0.0, rows: int = 0, seconds: float = 0.0) -> None:
         """After each pass (over `rows` rows, ended `now`, `seconds` long): a peak not reached again
         fades, and the trials are judged once over."""
         self.peak *= PEAK_DECAY
         self.returns.ended(now, rows)
-        if self._last_end is not None and rows:
+        if self._last_end is not None and now - seconds - self._last_end > STALE:
+            self._restart()  # an idle spell before this pass: not a rate of these clients
+        elif self._last_end is not None and rows:
             self._rows = self._rows * DECAY + rows
             self._passes = self._passes * DECAY + 1
             self._busy = self._busy * DECAY + seconds
@@ -125,6 +136,12 @@ class Population:
         self._last_end = now if rows else self._last_end
         for trial in (self.groups, self.patience):
             trial.passed(self.rate())
+
+    def _restart(self) -> None:
+        """The rate and the trials' means start afresh (other clients, or after an idle spell)."""
+        self._rows = self._passes = self._busy = self._seconds = 0.0
+        for trial in (self.groups, self.patience):
+            trial.restart()
 
     def rate(self) -> float:
         """Rows served per second, recently."""
@@ -138,7 +155,10 @@ class Population:
         trial = self.groups
         if not trial.on and not trial.may_start():  # blocked, or not settled yet (on: never blocked)
             return None
-        rows = group_rows(fixed, per_row, self.peak, self.returns.per_row, lag, trial.on)
+        rows = group_rows(fixed, per_row, self.peak, self.returns.per_row, lag)
+        if rows is None and trial.on and self.peak >= 2:  # the model is fed by the arrangement in place
+            rows = math.ceil(round(self.peak) / self._groups)
+        self._groups = max(round(round(self.peak) / rows), 2) if rows else 0
         if rows is not None and not trial.on:
             trial.start(self.rate())
         elif rows is None and trial.on:

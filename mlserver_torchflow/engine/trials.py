@@ -52,17 +52,29 @@ class Trial:
     def blocked(self) -> bool:
         return self._blocked > 0
 
+    @property
+    def mean(self) -> float | None:
+        """The mean rate over the passes counted since the arrangement last changed (None: none yet)."""
+        return self._sum / self._count if self._count else None
+
     def may_start(self) -> bool:
         return not self.on and not self._blocked and self._settled >= SETTLED
 
     def start(self, rate: float) -> None:
         """`rate`: the recent one, the baseline where the rule's passes gave no mean."""
-        baseline = self._sum / self._count if self._count else rate
+        baseline = rate if self.mean is None else self.mean
         self.on, self._left, self._baseline, self._settled, self._misses = True, TRIAL, baseline, 0, 0.0
         self._sum, self._count = 0.0, 0.0
 
     def stop(self) -> None:
         self.on, self._left, self._settled, self._sum, self._count = False, 0, 0, 0.0, 0.0
+
+    def restart(self) -> None:
+        """Other clients, or an idle spell: the rates seen so far compare nothing with those to come. A
+        trial is void (undone, neither kept nor blocked); a kept arrangement stays, for KEPT passes more."""
+        if self.on_trial:
+            self.stop()
+        self._settled, self._sum, self._count = 0, 0.0, 0.0
 
     def missed(self) -> None:
         """A wait brought too few: more than MISSES recently (a few, as when clients leave, are forgiven),

@@ -78,18 +78,38 @@ def test_groups_on_trial_stay_only_if_they_serve_more(every: float, kept: bool) 
     assert (population.group_rows(5 * MS, 0.3 * MS, 3 * MS) == 4) is kept
 
 
-def test_groups_form_at_a_clear_gain_and_keep_at_a_smaller_one() -> None:
+def test_a_trial_runs_to_its_verdict_even_where_the_model_withdraws() -> None:
+    """Groups in place change what the model is fed: a model that withdraws a few passes into the trial
+    does not end it (ended, it began again once settled, and was never judged). The verdict does: two
+    groups of 4 rows every 9 ms (444 a second, against one group's 500) are undone and blocked."""
+    population = settled(Population(peak=8.0), rows=8, every=16 * MS)
+    population.returns.per_row = 1.0 * MS  # 18 ms a round in one group, 13.4 in two: groups form
+    assert population.group_rows(5 * MS, 0.3 * MS, 3 * MS) == 4 and population.groups.on_trial
+    settled(population, rows=4, every=9 * MS, passes=3, start=SETTLED * 16 * MS)
+    population.returns.per_row = 0.2 * MS  # measured in groups: the model now says one group
+    assert population.group_rows(5 * MS, 0.3 * MS, 3 * MS) == 4 and population.groups.on_trial
+    settled(population, rows=4, every=9 * MS, passes=TRIAL - 3, start=(SETTLED * 16 + 27) * MS)
+    assert not population.groups.on and population.groups.blocked
+    population.returns.per_row = 1.0 * MS
+    assert population.group_rows(5 * MS, 0.3 * MS, 3 * MS) is None, "blocked after the verdict"
+    lone = settled(Population(peak=8.0), rows=8, every=16 * MS)
+    lone.returns.per_row = 1.0 * MS
+    assert lone.group_rows(5 * MS, 0.3 * MS, 3 * MS) == 4
+    lone.peak = 1.0  # the clients left: nobody to group, the trial ends at once
+    assert lone.group_rows(5 * MS, 0.3 * MS, 3 * MS) is None and not lone.groups.on
+
+
+def test_groups_form_at_a_clear_gain_and_the_model_does_not_undo_them() -> None:
     """8 clients of the middle shape: 13.5 ms a round in one group, 12.4 in two (0.92). Not enough to
-    split (a mix of one and two groups loses to both), enough to stay split."""
+    split (a mix of one and two groups loses to both); once split, the trial decides, not the model."""
     args = (5 * MS, 0.3 * MS, 8, 0.385 * MS, 3 * MS)
     assert group_rows(*args) is None
-    assert group_rows(*args, grouped=True) == 4
     population = settled(Population(peak=8.0), rows=8, every=15 * MS)
     population.returns.per_row = 0.385 * MS
     assert population.group_rows(5 * MS, 0.3 * MS, 3 * MS) is None and not population.groups.on
     population.returns.per_row = 1.0 * MS  # the loop slows: 18 against 13.4 ms, groups form
     assert population.group_rows(5 * MS, 0.3 * MS, 3 * MS) == 4 and population.groups.on
-    population.returns.per_row = 0.385 * MS  # back to 0.92: they stay
+    population.returns.per_row = 0.385 * MS  # back to 0.92: they stay for the trial
     assert population.group_rows(5 * MS, 0.3 * MS, 3 * MS) == 4
 
 

@@ -118,3 +118,42 @@ def test_patience_ends_for_a_lone_client_and_counts_thin_waits_only() -> None:
     assert lone.patient()
     lone.peak = 1.0
     assert not lone.patient()
+
+
+def test_a_restart_voids_a_trial_and_the_means_but_keeps_a_kept_arrangement() -> None:
+    """Other clients, or an idle spell: a trial in progress is undone without a verdict (neither kept
+    nor blocked), the rule settles afresh, and a kept arrangement stays."""
+    trial = Trial()
+    for _ in range(SETTLED):
+        trial.passed(100.0)
+    trial.start(100.0)
+    trial.passed(300.0)
+    trial.restart()
+    assert not trial.on and not trial.blocked and not trial.may_start()
+    for _ in range(SETTLED):
+        trial.passed(300.0)
+    assert trial.may_start()
+    kept = tried(Trial(), 200.0)
+    kept.restart()
+    assert kept.on and not kept.on_trial
+
+
+def test_the_rule_baseline_is_of_the_clients_now_not_a_pause_or_a_load_before() -> None:
+    """A pause between two loads, counted as time between passes, made the rule's rate a quarter of
+    itself, and a trial that served no more was kept. After an idle spell, or once the clients' peak
+    moves LOAD_CHANGE, the rate and the trials' means start afresh."""
+    population = Population()
+    population.arrived(1)
+    for k in range(100):  # one client, a pass every 8 ms: 125 rows a second
+        population.passed(k * 8 * MS, 1)
+    paused = 100 * 8 * MS + 1.0
+    population.passed(paused, 1)  # a second without requests, then 8 clients
+    for k in range(1, 8):
+        population.arrived(k + 1)
+    for k in range(1, SETTLED + 1):
+        population.passed(paused + k * 13 * MS, 8)  # 8 rows every 13 ms: 615 a second
+    assert population.rate() == pytest.approx(8 / (13 * MS), rel=0.01)
+    for trial in (population.groups, population.patience):
+        assert trial.mean == pytest.approx(8 / (13 * MS), rel=0.01)
+    population.arrived(32)  # 32 clients now: the means are of 8
+    assert population.groups.mean is None and not population.groups.may_start()
