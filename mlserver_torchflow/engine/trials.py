@@ -3,10 +3,13 @@
 The batcher's models propose (clients.py: groups that take turns off our cores, patience on them); the
 rows served decide. A model's inputs measured in one arrangement do not hold in the other, and where its
 margin is thin the arrangement loses: 8 clients of a 5 ms fixed cost served fewer requests in two
-groups than in one. So an arrangement is a trial of TRIAL passes after SETTLED in the rule's, kept if
-it serves KEEP times the rows a second the rule did just before it, else undone and not tried again for
-a while: BLOCKED passes, twice as long after each further failure, up to 64 times. Where it can never
-pay (an open loop's rate, which no waiting raises) it then costs ever less.
+groups than in one. So an arrangement is a trial of TRIAL passes between two spells of SETTLED in the
+rule's, kept if it serves KEEP times the rows a second the rule did around it (the mean of before and
+after), else undone and not tried again for a while: BLOCKED passes, twice as long after each further
+failure, up to 64 times. Where it can never pay (an open loop's rate, which no waiting raises) it then
+costs ever less. The rule after the trial as well as before it: this machine's speed steps between two
+levels (benchmarks/speed.py), and a baseline taken before alone judged groups at 32 clients of the middle
+shape by whichever level each side fell on.
 
 Both rates are means over passes, not one reading: the rule's over its settled passes, the trial's over
 its passes after the first GRACE, while the recent rate still holds the arrangement before. One reading
@@ -36,6 +39,8 @@ class Trial:
     on: bool = False
     kept: int = 0  # passes from a trial's start before a kept one gives way to the rule (0: forever)
     _left: int = 0  # passes of the trial still to run
+    _checking: int = 0  # passes of the rule after the trial still to run before the verdict
+    _tried: float = 0.0  # the trial's mean rate, while the rule runs again
     _baseline: float = 0.0  # the rule's mean rate over its settled passes before the trial
     _blocked: int = 0  # passes without a new trial after one that did not pay
     _failures: int = 0
@@ -46,7 +51,8 @@ class Trial:
 
     @property
     def on_trial(self) -> bool:
-        return self.on and self._left > 0
+        """Tried, or the rule running again after the trial, until the verdict."""
+        return (self.on and self._left > 0) or self._checking > 0
 
     @property
     def blocked(self) -> bool:
@@ -58,7 +64,7 @@ class Trial:
         return self._sum / self._count if self._count else None
 
     def may_start(self) -> bool:
-        return not self.on and not self._blocked and self._settled >= SETTLED
+        return not self.on and not self._blocked and not self._checking and self._settled >= SETTLED
 
     def start(self, rate: float) -> None:
         """`rate`: the recent one, the baseline where the rule's passes gave no mean."""
@@ -67,7 +73,7 @@ class Trial:
         self._sum, self._count = 0.0, 0.0
 
     def stop(self) -> None:
-        self.on, self._left, self._settled, self._sum, self._count = False, 0, 0, 0.0, 0.0
+        self.on, self._left, self._checking, self._settled, self._sum, self._count = False, 0, 0, 0, 0.0, 0.0
 
     def restart(self) -> None:
         """Other clients, or an idle spell: the rates seen so far compare nothing with those to come. A
@@ -84,6 +90,14 @@ class Trial:
         if self.on and self._misses > MISSES:
             self._fail()
 
+    def _verdict(self) -> None:
+        after = self._baseline if self.mean is None else self.mean
+        if self._tried < KEEP * (self._baseline + after) / 2:
+            self._fail()
+            return
+        self.on, self._failures = True, 0  # kept: its passes counted from the trial's start
+        self._settled, self._sum, self._count = TRIAL + SETTLED, 0.0, 0.0
+
     def _fail(self) -> None:
         self.stop()
         self._blocked, self._failures = BLOCKED << min(self._failures, 6), self._failures + 1
@@ -95,15 +109,17 @@ class Trial:
         self._misses *= DECAY
         if self._settled > GRACE and (self._left or not self.on):
             self._sum, self._count = self._sum * MEAN_DECAY + rate, self._count * MEAN_DECAY + 1
+        if self._checking:
+            self._checking -= 1
+            if not self._checking:
+                self._verdict()
+            return
         if not self.on:
             return
         if self._left:
             self._left -= 1
-            if self._left:
-                return
-            if self._sum / max(self._count, 1.0) < KEEP * self._baseline:
-                self._fail()
-            else:
-                self._failures = 0
+            if not self._left:  # the rule again, for a baseline after the trial too
+                self._tried, self.on, self._checking = self.mean or 0.0, False, SETTLED
+                self._settled, self._sum, self._count = 0, 0.0, 0.0
         elif self.kept and self._settled >= self.kept:
             self.stop()  # the rule again, for a fresh baseline and a new trial

@@ -74,6 +74,8 @@ def test_groups_on_trial_stay_only_if_they_serve_more(every: float, kept: bool) 
     population.returns.per_row = 1.0 * MS  # the model: 18 ms a round in one group, 13.4 in two
     assert population.group_rows(5 * MS, 0.3 * MS, 3 * MS) == 4 and population.groups.on
     settled(population, rows=4, every=every, passes=TRIAL, start=SETTLED * 16 * MS)
+    assert population.group_rows(5 * MS, 0.3 * MS, 3 * MS) is None, "one group again for the verdict"
+    settled(population, rows=8, every=16 * MS, start=SETTLED * 16 * MS + TRIAL * every)
     assert population.groups.on is kept
     assert (population.group_rows(5 * MS, 0.3 * MS, 3 * MS) == 4) is kept
 
@@ -89,6 +91,7 @@ def test_a_trial_runs_to_its_verdict_even_where_the_model_withdraws() -> None:
     population.returns.per_row = 0.2 * MS  # measured in groups: the model now says one group
     assert population.group_rows(5 * MS, 0.3 * MS, 3 * MS) == 4 and population.groups.on_trial
     settled(population, rows=4, every=9 * MS, passes=TRIAL - 3, start=(SETTLED * 16 + 27) * MS)
+    settled(population, rows=8, every=16 * MS, start=(SETTLED * 16 + TRIAL * 9) * MS)
     assert not population.groups.on and population.groups.blocked
     population.returns.per_row = 1.0 * MS
     assert population.group_rows(5 * MS, 0.3 * MS, 3 * MS) is None, "blocked after the verdict"

@@ -11,14 +11,18 @@ from mlserver_torchflow.engine.trials import BLOCKED, GRACE, SETTLED, TRIAL, Tri
 MS = 1e-3
 
 
-def tried(trial: Trial, rate: float, baseline: float = 100.0) -> Trial:
-    """`trial` after SETTLED passes of the rule, then a trial at `rate` rows a second."""
+def tried(trial: Trial, rate: float, baseline: float = 100.0, after: float | None = None) -> Trial:
+    """`trial` after SETTLED passes of the rule, a trial at `rate` rows a second, and SETTLED passes of
+    the rule again (at `after`, else `baseline`): judged."""
     for _ in range(SETTLED):
         trial.passed(baseline)
     assert trial.may_start()
     trial.start(baseline)
     for _ in range(TRIAL):
         trial.passed(rate)
+    assert trial.on_trial and not trial.on, "the rule again before the verdict"
+    for _ in range(SETTLED):
+        trial.passed(baseline if after is None else after)
     return trial
 
 
@@ -38,7 +42,17 @@ def test_the_verdict_weighs_means_over_passes_not_the_last_reading() -> None:
     trial.start(70.0)  # the recent rate dipped just now: the baseline is still about 100
     for k in range(TRIAL):
         trial.passed(200.0 if k < GRACE else 130.0 if k == TRIAL - 1 else 96.0)
+    for _ in range(SETTLED):
+        trial.passed(100.0)
     assert not trial.on and trial.blocked
+
+
+@pytest.mark.parametrize(("after", "kept"), [(130.0, False), (100.0, True)])
+def test_the_verdict_weighs_the_rule_before_and_after_the_trial(after: float, kept: bool) -> None:
+    """The machine steps up to a faster level during the trial: 120 a second tried, against a rule at
+    100 before and 130 after, is no gain (115 around it); against 100 after, it is."""
+    trial = tried(Trial(), 120.0, after=after)
+    assert trial.on is kept and trial.blocked is not kept
 
 
 def test_each_failed_trial_blocks_the_next_twice_as_long() -> None:
@@ -57,7 +71,7 @@ def test_each_failed_trial_blocks_the_next_twice_as_long() -> None:
 
 
 def test_a_kept_arrangement_gives_way_to_the_rule_after_its_passes() -> None:
-    trial = tried(Trial(kept=TRIAL + 50), 120.0)  # counted from the trial's start
+    trial = tried(Trial(kept=TRIAL + SETTLED + 50), 120.0)  # counted from the trial's start
     for _ in range(49):
         trial.passed(120.0)
     assert trial.on
