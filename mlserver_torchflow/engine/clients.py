@@ -111,7 +111,7 @@ class Population:
     _busy: float = 0.0  # seconds the passes took
     _seconds: float = 0.0
     _last_end: float | None = None
-    _groups: int = 0  # how many groups take turns, on trial or kept
+    _groups: int = 0  # how many groups the model last proposed: they take turns, on trial or kept
     _load: float = 0.0  # the clients' peak the trials' means were taken at
 
     def arrived(self, outstanding: int, now: float = 0.0, rows: int = 0, lag: float = 0.0) -> None:
@@ -156,9 +156,10 @@ class Population:
         if not trial.on and not trial.may_start():  # blocked, or not settled yet (on: never blocked)
             return None
         rows = group_rows(fixed, per_row, self.peak, self.returns.per_row, lag)
-        if rows is None and trial.on and self.peak >= 2:  # the model is fed by the arrangement in place
+        if rows is not None:  # how many it proposed (rows = ceil(peak / groups))
+            self._groups = math.ceil(round(self.peak) / rows)
+        elif trial.on and self.peak >= 2:  # the model is fed by the arrangement in place: not asked
             rows = math.ceil(round(self.peak) / self._groups)
-        self._groups = max(round(round(self.peak) / rows), 2) if rows else 0
         if rows is not None and not trial.on:
             trial.start(self.rate())
         elif rows is None and trial.on:

@@ -69,18 +69,19 @@ class Trial:
     def start(self, rate: float) -> None:
         """`rate`: the recent one, the baseline where the rule's passes gave no mean."""
         baseline = rate if self.mean is None else self.mean
-        self.on, self._left, self._baseline, self._settled, self._misses = True, TRIAL, baseline, 0, 0.0
-        self._sum, self._count = 0.0, 0.0
+        self.on, self._left, self._baseline, self._misses = True, TRIAL, baseline, 0.0
+        self._recount()
 
     def stop(self) -> None:
-        self.on, self._left, self._checking, self._settled, self._sum, self._count = False, 0, 0, 0, 0.0, 0.0
+        self.on, self._left, self._checking = False, 0, 0
+        self._recount()
 
     def restart(self) -> None:
         """Other clients, or an idle spell: the rates seen so far compare nothing with those to come. A
         trial is void (undone, neither kept nor blocked); a kept arrangement stays, for KEPT passes more."""
         if self.on_trial:
             self.stop()
-        self._settled, self._sum, self._count = 0, 0.0, 0.0
+        self._recount()
 
     def missed(self) -> None:
         """A wait brought too few: more than MISSES recently (a few, as when clients leave, are forgiven),
@@ -95,8 +96,12 @@ class Trial:
         if self._tried < KEEP * (self._baseline + after) / 2:
             self._fail()
             return
-        self.on, self._failures = True, 0  # kept: its passes counted from the trial's start
-        self._settled, self._sum, self._count = TRIAL + SETTLED, 0.0, 0.0
+        self.on, self._failures = True, 0
+        self._recount(TRIAL + SETTLED)  # kept: its passes counted from the trial's start
+
+    def _recount(self, settled: int = 0) -> None:
+        """The arrangement changed, or its rates compare nothing now: passes and means count afresh."""
+        self._settled, self._sum, self._count = settled, 0.0, 0.0
 
     def _fail(self) -> None:
         self.stop()
@@ -120,6 +125,6 @@ class Trial:
             self._left -= 1
             if not self._left:  # the rule again, for a baseline after the trial too
                 self._tried, self.on, self._checking = self.mean or 0.0, False, SETTLED
-                self._settled, self._sum, self._count = 0, 0.0, 0.0
+                self._recount()
         elif self.kept and self._settled >= self.kept:
             self.stop()  # the rule again, for a fresh baseline and a new trial
