@@ -105,7 +105,10 @@ def mount(frontends: Frontends) -> None:
         return
     plane = DataPlaneView(frontends.data_plane)
     if frontends.grpc_server is None or not frontends.grpc_routable or not plane.usable:
-        logger.info("gRPC inference takes MLServer's path: metrics are off or the response cache is on")
+        logger.info(
+            "gRPC inference takes MLServer's path: no gRPC server, metrics off, the response cache on, "
+            "or inference middleware other than CloudEvents"
+        )
         return
     grpc_routes.route(MODEL_INFER, Lane(plane).wrap)
     logger.info("gRPC inference of this runtime's models takes the lane (grpc_fast_lane)")
