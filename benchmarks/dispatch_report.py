@@ -33,6 +33,21 @@ def _ours(group: list[Point]) -> Point | None:
     return next((p for p in group if p.group == "ours" and p.ok > 0), None)
 
 
+def arrangement(dispatch: str) -> str:
+    """The clients' arrangement our batcher ran at a point's end, short, from its account of itself
+    (`Point.dispatch`, clients.Population.describe): what served the point, recorded, not inferred."""
+    if not dispatch:
+        return "–"
+    trial = " (trial)" if "on trial" in dispatch else ""
+    if "groups take turns" in dispatch:
+        return "groups" + trial
+    if "wait for every client" in dispatch:
+        return "all wait" + trial
+    if "one group" in dispatch:
+        return "one group" + (" (groups refused)" if "did not pay" in dispatch else "")
+    return "as they come"
+
+
 def bound(conc: int, fixed: float, per_row: float, floor_cost: float) -> float:
     """Req/s of an ideal device for `conc` closed-loop clients: one batch of all of them per round, each
     round paying the launch F, R per row and the floor's host cost f per request, nothing overlapped."""
@@ -66,6 +81,7 @@ def sim_rows(points: list[Point], sims: dict[str, Any], protocols: list[str], co
                         "concurrency": conc,
                         "ours_rps": ours.rps if ours else NAN,
                         "ours_p50_ms": ours.p50_ms if ours else NAN,
+                        "ours_dispatch": ours.dispatch if ours else "",
                         "peer_rps": peer.rps if peer else NAN,
                         "peer_cfg": peer.server.removeprefix("peer-") if peer else "",
                         "floor_us_per_req": cost * 1e6,
@@ -96,6 +112,7 @@ def real_rows(points: list[Point], models: list[str], protocols: list[str], conc
                         **{f"{n}_rps": x.rps if x else NAN for n, x in seen},
                         **{f"{n}_p50_ms": x.p50_ms if x else NAN for n, x in seen},
                         "peer_cfg": peer.server.removeprefix("peer-") if peer else "",
+                        "ours_dispatch": ours.dispatch if ours else "",
                         "problems": problems(group),
                     }
                 )
@@ -123,13 +140,16 @@ def sections(sim: list[dict], real: list[dict]) -> list[str]:
             "every client's request in one pass of F + R·C on a thread, on MLServer's own path), measured: "
             "the bound realised on this machine, the wake-ups of an idle machine and its cold front end "
             "included; at 1 client its p50 is the least any runtime on this MLServer shows. `ours/ideal`, "
-            "`p50/ideal` compare ours with it. `problems`: failed/erroring/wrong points, and `busy` ones, where "
+            "`p50/ideal` compare ours with it. `ours ran`: the arrangement of the clients our batcher ran "
+            "at the window's end, from its model metadata (`torchflow.dispatch`, in the JSON whole): "
+            "`one group`, `groups` that take turns, `all wait` for each other, `(trial)` while judged. "
+            "`problems`: failed/erroring/wrong points, and `busy` ones, where "
             f"the rest of the machine used more than {BUSY_CORES} cores during the window (noise).",
             "",
             "| model | F ms | R ms | proto | C | ours req/s | peer req/s | cfg | floor µs/req | bound req/s "
             "| ours/bound | peer/bound | ours/peer | ideal req/s | ideal/bound | ours/ideal | ours p50 ms "
-            "| p50 target ms | p50/target | ideal p50 ms | p50/ideal | problems |",
-            "|" + "---|" * 22,
+            "| p50 target ms | p50/target | ideal p50 ms | p50/ideal | ours ran | problems |",
+            "|" + "---|" * 23,
         ]
         for r in sim:
             p50 = ratio(r["ours_p50_ms"], r["target_p50_ms"]) + _verdict(r["ours_p50_ms"], r["target_p50_ms"])
@@ -145,7 +165,7 @@ def sections(sim: list[dict], real: list[dict]) -> list[str]:
                 f"| {fmt(r['target_p50_ms'], 2)} | {p50 if one else ''} "
                 f"| {fmt(r['ideal_p50_ms'], 2) if one else ''} "
                 f"| {ratio(r['ours_p50_ms'], r['ideal_p50_ms']) if one else ''} "
-                f"| {r['problems'] or ''} |"
+                f"| {arrangement(r['ours_dispatch'])} | {r['problems'] or ''} |"
             )
     if real:
         out += [
@@ -153,11 +173,12 @@ def sections(sim: list[dict], real: list[dict]) -> list[str]:
             "## Real models",
             "",
             "1-row requests. `ours/peer`, `ours/floor`: throughput ratios (> 1: ours serves more); "
-            "`p50 ours/peer`, `p50 ours/floor`: latency ratios (< 1: ours answers sooner); `problems` as above.",
+            "`p50 ours/peer`, `p50 ours/floor`: latency ratios (< 1: ours answers sooner); `ours ran` and `problems` as above.",
             "",
             "| model | proto | C | ours req/s | peer req/s | cfg | floor req/s | ours/peer | ours/floor "
-            "| ours p50 ms | peer p50 ms | floor p50 ms | p50 ours/peer | p50 ours/floor | problems |",
-            "|" + "---|" * 15,
+            "| ours p50 ms | peer p50 ms | floor p50 ms | p50 ours/peer | p50 ours/floor | ours ran "
+            "| problems |",
+            "|" + "---|" * 16,
         ]
         for r in real:
             out.append(
@@ -166,6 +187,6 @@ def sections(sim: list[dict], real: list[dict]) -> list[str]:
                 f"| {ratio(r['ours_rps'], r['peer_rps'])} | {ratio(r['ours_rps'], r['floor_rps'])} "
                 f"| {fmt(r['ours_p50_ms'], 2)} | {fmt(r['peer_p50_ms'], 2)} | {fmt(r['floor_p50_ms'], 2)} "
                 f"| {ratio(r['ours_p50_ms'], r['peer_p50_ms'])} | {ratio(r['ours_p50_ms'], r['floor_p50_ms'])} "
-                f"| {r['problems'] or ''} |"
+                f"| {arrangement(r['ours_dispatch'])} | {r['problems'] or ''} |"
             )
     return out

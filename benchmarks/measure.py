@@ -75,6 +75,7 @@ class Point:
     req_per_server_cpu_s: float = float("nan")  # good replies per second of server CPU: efficiency
     samples: list[str] = field(default_factory=list)
     failed: str = ""
+    dispatch: str = ""  # ours: the batcher's account of itself at the window's end (metadata)
     retries: int = 0  # times measured again because the rest of the machine was busy (suite.py)
 
 

@@ -53,6 +53,14 @@ def _extra(cfg: ServerConfig, spec: Any) -> dict[str, Any] | None:
     return {"fixed_s": spec.fixed, "per_row_s": spec.per_row} if cfg.ideal else None
 
 
+def dispatch_of(server: Any, model: str) -> str:
+    """Our batcher's account of itself (model metadata `torchflow.dispatch`): how it found the device
+    and which arrangement of the clients it runs, so that a point records what served it."""
+    status, meta = server.get(f"/v2/models/{model}")
+    params = meta.get("parameters") if status == 200 and isinstance(meta, dict) else None
+    return str((params or {}).get("torchflow.dispatch", ""))
+
+
 def _grid(args: argparse.Namespace) -> list[tuple[str, int, int]]:
     return [(p, r, c) for p in args.protocols for r in args.rows for c in args.concurrency]
 
@@ -118,6 +126,7 @@ def _one_server(
                 try:
                     ref = None if cfg.group == "floor" else reference
                     measure(point, server, iface, spec, ref, args, client_cpus)
+                    point.dispatch = dispatch_of(server, model) if cfg.group == "ours" else ""
                 except Exception as err:
                     point.failed = f"harness error: {first_line(err, 200)}"
                     traceback.print_exc()
