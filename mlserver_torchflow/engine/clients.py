@@ -106,7 +106,7 @@ class Population:
     returns: Returns = field(default_factory=lambda: Returns())
     groups: Trial = field(default_factory=lambda: Trial(kept=KEPT))
     patience: Trial = field(default_factory=lambda: Trial(kept=KEPT))
-    _rows: float = 0.0  # rows served, passes, and seconds between pass ends: decayed sums, the recent rate
+    _rows: float = 0.0  # rows served, passes, and seconds between pass ends, decayed: for patience
     _passes: float = 0.0
     _busy: float = 0.0  # seconds the passes took
     _seconds: float = 0.0
@@ -135,17 +135,13 @@ class Population:
             self._seconds = self._seconds * DECAY + (now - self._last_end)
         self._last_end = now if rows else self._last_end
         for trial in (self.groups, self.patience):
-            trial.passed(self.rate())
+            trial.passed(now, rows)
 
     def _restart(self) -> None:
         """The rate and the trials' means start afresh (other clients, or after an idle spell)."""
         self._rows = self._passes = self._busy = self._seconds = 0.0
         for trial in (self.groups, self.patience):
             trial.restart()
-
-    def rate(self) -> float:
-        """Rows served per second, recently."""
-        return self._rows / self._seconds if self._seconds > 0 else 0.0
 
     def all_in(self, outstanding: int) -> bool:
         return self.peak >= 2 and outstanding >= self.peak
@@ -160,11 +156,13 @@ class Population:
             self._groups = math.ceil(round(self.peak) / rows)
         elif trial.on and self.peak >= 2:  # the model is fed by the arrangement in place: not asked
             rows = math.ceil(round(self.peak) / self._groups)
-        if rows is not None and not trial.on:
-            trial.start(self.rate())
-        elif rows is None and trial.on:
-            trial.stop()
-        return rows
+        if rows is None:
+            if trial.on:
+                trial.stop()
+            return None
+        if not trial.on:
+            trial.start()
+        return rows if trial.on else None
 
     def patient(self) -> bool:
         """On our cores: should a batch wait for every client (all in, full, or `max_batch_time`)? Tried
@@ -179,7 +177,7 @@ class Population:
             and self._rows < PATIENT_SHARE * self.peak * self._passes
             and self._busy > BUSY * self._seconds
         ):
-            trial.start(self.rate())
+            trial.start()
         return trial.on
 
     def waited_out(self, rows: int) -> None:

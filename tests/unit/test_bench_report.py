@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 from mlserver_torchflow.engine.clients import Population
-from mlserver_torchflow.engine.trials import SETTLED, TRIAL
-from tests.unit.engine.test_clients import MS, settled
+from mlserver_torchflow.engine.trials import SETTLED
+from tests.unit.engine.test_clients import MS, settled, tried
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
@@ -29,15 +29,13 @@ def test_the_report_names_each_arrangement_the_batcher_describes() -> None:
     assert _said(population) == "one group"
     assert population.group_rows(5 * MS, 0.3 * MS, 3 * MS) == 4
     assert _said(population) == "groups (trial)"
-    settled(population, rows=4, every=9 * MS, passes=TRIAL, start=SETTLED * 16 * MS)  # serves less
-    settled(population, rows=8, every=16 * MS, start=SETTLED * 16 * MS + TRIAL * 9 * MS)
+    tried(population, 9 * MS, start=SETTLED * 16 * MS)  # serves less
     assert _said(population) == "one group (groups refused)"
 
     kept = settled(Population(peak=8.0), rows=8, every=16 * MS)
     kept.returns.per_row = 1.0 * MS
     assert kept.group_rows(5 * MS, 0.3 * MS, 3 * MS) == 4
-    settled(kept, rows=4, every=6 * MS, passes=TRIAL, start=SETTLED * 16 * MS)  # serves more
-    settled(kept, rows=8, every=16 * MS, start=SETTLED * 16 * MS + TRIAL * 6 * MS)
+    tried(kept, 6 * MS, start=SETTLED * 16 * MS)  # serves more
     assert _said(kept) == "groups"
 
 

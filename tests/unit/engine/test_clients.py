@@ -17,7 +17,7 @@ import pytest
 
 from mlserver_torchflow.engine.clients import Population, Returns, group_rows, round_seconds
 from mlserver_torchflow.engine.dispatch import Arrivals, CostModel, hold
-from mlserver_torchflow.engine.trials import SETTLED, TRIAL
+from mlserver_torchflow.engine.trials import BLOCK, BLOCKS, SETTLED
 
 MS = 1e-3
 LEAD = 1 * MS
@@ -66,6 +66,18 @@ def settled(
     return population
 
 
+def tried(population: Population, every: float, start: float, passes: int = 2 * BLOCKS * BLOCK) -> float:
+    """`passes` passes of a groups trial from `start` (all of it: to the verdict), 8 clients: in turn,
+    two groups of 4 rows every `every` seconds, and one of 8 every 16 ms. Returns the time after."""
+    t = start
+    for _ in range(passes):
+        rows, gap = (4, every) if population.groups.on else (8, 16 * MS)
+        t += gap
+        population.passed(t, rows)
+        population.peak = max(population.peak, 8.0)
+    return t
+
+
 @pytest.mark.parametrize(("every", "kept"), [(9 * MS, False), (6 * MS, True)])
 def test_groups_on_trial_stay_only_if_they_serve_more(every: float, kept: bool) -> None:
     """One group served 8 rows every 16 ms (500 a second). Two groups serving 4 rows every 9 ms (444) are
@@ -73,10 +85,10 @@ def test_groups_on_trial_stay_only_if_they_serve_more(every: float, kept: bool) 
     population = settled(Population(peak=8.0), rows=8, every=16 * MS)
     population.returns.per_row = 1.0 * MS  # the model: 18 ms a round in one group, 13.4 in two
     assert population.group_rows(5 * MS, 0.3 * MS, 3 * MS) == 4 and population.groups.on
-    settled(population, rows=4, every=every, passes=TRIAL, start=SETTLED * 16 * MS)
-    assert population.group_rows(5 * MS, 0.3 * MS, 3 * MS) is None, "one group again for the verdict"
-    settled(population, rows=8, every=16 * MS, start=SETTLED * 16 * MS + TRIAL * every)
-    assert population.groups.on is kept
+    t = tried(population, every, SETTLED * 16 * MS, passes=BLOCK)
+    assert population.group_rows(5 * MS, 0.3 * MS, 3 * MS) is None, "the rule's turn"
+    tried(population, every, t, passes=(2 * BLOCKS - 1) * BLOCK)
+    assert population.groups.on is kept and not population.groups.on_trial
     assert (population.group_rows(5 * MS, 0.3 * MS, 3 * MS) == 4) is kept
 
 
@@ -87,11 +99,10 @@ def test_a_trial_runs_to_its_verdict_even_where_the_model_withdraws() -> None:
     population = settled(Population(peak=8.0), rows=8, every=16 * MS)
     population.returns.per_row = 1.0 * MS  # 18 ms a round in one group, 13.4 in two: groups form
     assert population.group_rows(5 * MS, 0.3 * MS, 3 * MS) == 4 and population.groups.on_trial
-    settled(population, rows=4, every=9 * MS, passes=3, start=SETTLED * 16 * MS)
+    t = tried(population, 9 * MS, SETTLED * 16 * MS, passes=3)
     population.returns.per_row = 0.2 * MS  # measured in groups: the model now says one group
     assert population.group_rows(5 * MS, 0.3 * MS, 3 * MS) == 4 and population.groups.on_trial
-    settled(population, rows=4, every=9 * MS, passes=TRIAL - 3, start=(SETTLED * 16 + 27) * MS)
-    settled(population, rows=8, every=16 * MS, start=(SETTLED * 16 + TRIAL * 9) * MS)
+    tried(population, 9 * MS, t, passes=2 * BLOCKS * BLOCK - 3)
     assert not population.groups.on and population.groups.blocked
     population.returns.per_row = 1.0 * MS
     assert population.group_rows(5 * MS, 0.3 * MS, 3 * MS) is None, "blocked after the verdict"
