@@ -98,3 +98,17 @@ assert Request.body is body and handlers.jsonable_encoder is encoder, "a patch w
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_only_the_settings_read_the_environment() -> None:
+    """One settings object built once (`config/`): no other module reads `os.environ` or `os.getenv`.
+    The one other that touches it, patches/torch_load, sets torch's own switch around a load and puts
+    back what was there; it reads no setting of ours."""
+    allowed = ("mlserver_torchflow.config", "mlserver_torchflow.patches.torch_load")
+    readers = [
+        module
+        for module, path in modules().items()
+        if not module.startswith(allowed)
+        and any(word in path.read_text(encoding="utf-8") for word in ("os.environ", "getenv"))
+    ]
+    assert modules() and not readers, f"these read the environment themselves: {readers}"
