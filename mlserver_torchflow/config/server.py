@@ -118,4 +118,5 @@ def server_settings() -> ServerSettings:
 
 
 def problems(err: ValidationError) -> str:
+    """Each failed field and why, on one line (both scopes' load errors name the key that is wrong)."""
     return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in err.errors())

@@ -69,7 +69,7 @@ PATIENT_SHARE = 0.5  # patience is tried where batches hold under this share of 
 BUSY = 0.5  # and the passes take at least this share of the time
 PEAK_DECAY = 0.97  # what the clients' peak keeps per pass: 32 clients become 8 in about 45 passes
 TRACKED = 2  # passes whose clients may still be coming back: the last two (two groups take turns)
-LOAD_CHANGE = 1.5  # a peak of clients this many times higher or lower than the trials' means were taken at
+LOAD_CHANGE = 1.5  # a peak of clients this many times higher or lower than the trials' rates were taken at
 STALE = 0.5  # seconds: clients not back by then are not a closed loop at this pace (they left, or think)
 
 
@@ -112,7 +112,7 @@ class Population:
     _seconds: float = 0.0
     _last_end: float | None = None
     _groups: int = 0  # how many groups the model last proposed: they take turns, on trial or kept
-    _load: float = 0.0  # the clients' peak the trials' means were taken at
+    _load: float = 0.0  # the clients' peak the trials' rates were taken at
 
     def arrived(self, outstanding: int, now: float = 0.0, rows: int = 0, lag: float = 0.0) -> None:
         self.peak = max(self.peak, float(outstanding))
@@ -138,7 +138,7 @@ class Population:
             trial.passed(now, rows)
 
     def _restart(self) -> None:
-        """The rate and the trials' means start afresh (other clients, or after an idle spell)."""
+        """The decayed sums and the trials' rates start afresh (other clients, or after an idle spell)."""
         self._rows = self._passes = self._busy = self._seconds = 0.0
         for trial in (self.groups, self.patience):
             trial.restart()

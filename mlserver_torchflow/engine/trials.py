@@ -69,8 +69,8 @@ class Trial:
         recent = self._recent
         if len(recent) < (recent.maxlen or 0):
             return None
-        span = recent[-1][0] - recent[0][0]
-        return sum(rows for _, rows in list(recent)[1:]) / span if span > 0 else None
+        span = recent[-1][0] - recent[0][0]  # from the first pass's end: its rows came before
+        return (sum(rows for _, rows in recent) - recent[0][1]) / span if span > 0 else None
 
     def may_start(self) -> bool:
         return not self.on and not self._blocked and not self._block and self._passes >= SETTLED
