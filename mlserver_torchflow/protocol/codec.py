@@ -1,4 +1,4 @@
-"""V2 request inputs -> checked numpy arrays in forward order; model outputs -> V2 response outputs.
+"""V2 request inputs -> checked numpy arrays in forward order (the outputs' side: outputs.py).
 
 Every check runs before anything touches the model, and every failure is an `InvalidInput` (400) that
 names the input, what the model expects and what came, or a `RequestTooLarge` (413) when the declared
@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from mlserver.types import InferenceRequest, RequestInput, ResponseOutput, TensorData
+from mlserver.types import InferenceRequest, RequestInput
 
-from ..common import Named, clip, quote
+from ..common import clip, quote
 from ..config import RequestLimits
 from ..errors import InvalidInput
 from .limits import MAX_ID_CHARS, MAX_RANK, check_shape_size
@@ -231,46 +231,3 @@ def _stack_columns(columns: list[np.ndarray], specs: Sequence[TensorSpec]) -> np
         raise InvalidInput(f"column inputs must all have the same number of rows, got {sizes}.")
     dtype = np.result_type(*(s.dtype for s in specs))
     return np.stack(columns, axis=1).astype(dtype, copy=False)
-
-
-def select_outputs(named: Named, interface: Interface, requested: list[str] | None) -> Named:
-    """The outputs the client asked for, each in its signature's dtype or one V2 carries."""
-    specs = {s.name: s for s in interface.outputs or ()}
-    result = []
-    for name, array in named:
-        if requested is not None and name not in requested:
-            continue
-        spec = specs.get(name)
-        if spec is not None and array.dtype != spec.dtype:
-            array = array.astype(spec.dtype)
-        elif array.dtype not in NUMPY_TO_V2:
-            array = array.astype(np.float32 if array.dtype.kind in "fV" else np.int64)
-        result.append((name, array))
-    return result
-
-
-def response_outputs(selected: Named) -> list[ResponseOutput]:
-    """`select_outputs`' arrays as MLServer's response outputs (JSON lists)."""
-    return [
-        ResponseOutput.model_construct(
-            name=name,
-            shape=list(array.shape),
-            datatype=NUMPY_TO_V2[array.dtype],  # a str, as pydantic stores it (use_enum_values)
-            parameters=None,
-            data=TensorData.model_construct(root=array.reshape(-1).tolist()),
-        )
-        for name, array in selected
-    ]
-
-
-def check_requested(request: Any, known: list[str] | None) -> list[str] | None:
-    """The output names the client asked for (V2 `outputs`), checked against what the model returns."""
-    if not request.outputs:
-        return None
-    names = [o.name for o in request.outputs]
-    if known is not None:
-        unknown = [n for n in names if n not in known]
-        if unknown:
-            shown = ", ".join(quote(n) for n in unknown[:5])
-            raise InvalidInput(f"requested output(s) [{shown}] do not exist; this model returns {known}.")
-    return names

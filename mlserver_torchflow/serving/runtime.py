@@ -3,7 +3,7 @@
 MLServer calls each hook with a contract of its own:
 - `__init__(settings)`: once per model, in every process that serves it. Installs the patches (once
   per process), reads the server settings (once per process) and registers the REST extras.
-- `load()`: find, load, place and warm up the model. Returns True or raises: with parallel workers a
+- `load()`: find, load, place and warm up the model (`loading.load_model`). Returns True or raises: with parallel workers a
   False would still report ready. A failure at startup makes the process exit 3 (patches.startup).
 - `predict(request)`: decode and check, batch, run, encode. Every client error is a `TorchFlowError`
   with its status; anything the model raises becomes a 500 with one line, the traceback in the log.
@@ -15,7 +15,6 @@ MLServer calls each hook with a contract of its own:
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -27,22 +26,16 @@ from mlserver.types import InferenceRequest, InferenceResponse, MetadataModelRes
 from .. import patches
 from ..common import Named, first_line, logger, rows_of
 from ..config import load_settings, server_settings
-from ..engine.compiling import describe as describe_compile
-from ..engine.examples import load_example
-from ..engine.layout import MLMODEL, ModelFiles, locate
 from ..engine.phases import Phases
 from ..engine.replica import Replica
-from ..engine.replicas import load_replicas
-from ..engine.versions import check_versions
-from ..errors import DamagedWeights, ModelExecutionError, ModelLoadError, TorchFlowError, Unloading
+from ..errors import ModelExecutionError, ModelLoadError, TorchFlowError, Unloading
 from ..patches import frontends, grpc_raw, shutdown, startup
-from ..protocol.codec import check_requested, decode_request, response_outputs, select_outputs
-from ..protocol.metadata import build_metadata, observed_outputs, triton_config, triton_queue_policy
+from ..protocol.codec import decode_request
+from ..protocol.metadata import build_metadata, triton_config, triton_queue_policy
+from ..protocol.outputs import check_requested, response_outputs, select_outputs
 from ..protocol.scheduling import scheduling
-from ..protocol.shapes import ShapeRules
-from ..protocol.signature import Interface, interface_from_mlmodel
 from . import heap, lifecycle, logs, threads, triton
-from .advice import advise
+from .loading import extra_of, load_model, signature_on_disk
 from .metrics import BatchMetrics
 from .stats import ModelStats
 
@@ -102,87 +95,23 @@ class TorchFlowRuntime(MLModel):
                 )
             raise
 
-    async def _load(self, refetch: bool = True) -> bool:
-        """`refetch`: a cached download that turns out damaged is removed and downloaded once more."""
-        started = time.monotonic()
-        self.torchflow = load_settings(self._extra())
-        self._limits = self.torchflow.request_limits()
-        folder, fetched = await lifecycle.model_folder(self.settings, self.torchflow)
-        files = locate(folder)
-        interface = _interface(files)
-        versions = check_versions(files, self.torchflow.strict_versions)
-        example = load_example(files, interface) if self.torchflow.warmup else None
-        # One copy per device, each with its own executor thread and batcher (engine/replicas.py).
-        try:
-            self._batcher = await load_replicas(
-                self.name,
-                files,
-                interface,
-                self.torchflow,
-                example,
-                lambda label: BatchMetrics(self.name, label, self.stats.executed),
-            )
-        except DamagedWeights as err:
-            if not (fetched and fetched.cached and refetch):
-                raise
-            logger.warning("model %s: the cached copy is damaged (%s); downloading it again", self.name, err)
-            fetched.evict()
-            return await self._load(refetch=False)
-        first = self._batcher.replicas[0]
-        warmed = example is not None or bool(first.warmed_sizes)
-        advise(self.name, [r.device for r in self._batcher.replicas], self.torchflow.warmup, warmed)
-        if interface.outputs is None and first.example_outputs is not None:
-            interface = dataclasses.replace(interface, outputs=observed_outputs(first.example_outputs))
-        if first.rules is not None:  # a pt2 program's shape guards: checked per request, as 400s
-            interface = dataclasses.replace(interface, rules=first.rules)
-            self._warn_if_one_row(first.rules, interface)
-        for replica in self._batcher.replicas:
-            replica.predictor.interface = interface
-        shutdown.register(self)  # a SIGTERM answers what it queued (patches/shutdown.py)
-        self._interface = interface
-        self._facts = {
-            "format": first.format.value,
-            "device": self._batcher.describe(),
-            "dtype": self.torchflow.dtype,
-            "precision": self.torchflow.precision,
-            "compile": describe_compile(first.backend, first.warmed_sizes) if first.backend else "off",
-            "weights": str(files.weights),
-            **(fetched.facts() if fetched else {}),
-            "warmed_up": str(example is not None).lower(),
-            **({"shapes": first.rules.describe(_names(interface))} if first.rules else {}),
-            **{f"version.{c.package}": c.state() for c in versions},
-        }
-        logger.info(
-            "loaded model %s (%s, %s) from %s on %s in %.2fs",
-            self.name,
-            first.format.value,
-            self.torchflow.dtype,
-            files.weights,
-            self._batcher.describe(),
-            time.monotonic() - started,
+    async def _load(self) -> bool:
+        loaded = await load_model(
+            self.settings, lambda label: BatchMetrics(self.name, label, self.stats.executed)
         )
+        self.torchflow, self._limits, self._interface = loaded.torchflow, loaded.limits, loaded.interface
+        self._batcher, self._facts = loaded.batcher, loaded.facts
+        shutdown.register(self)  # a SIGTERM answers what it queued (patches/shutdown.py)
         heap.settle(server_settings().gc_freeze)
         return True
-
-    def _warn_if_one_row(self, rules: ShapeRules, interface: Interface) -> None:
-        if rules.max_rows() == 1:
-            logger.warning(
-                "model %s: its pt2 program takes one row per request (%s): it was exported from a "
-                "one-row input example, so a batch holds one row and requests of more rows get a 400. "
-                "Re-save it with an input example of two or more rows.",
-                self.name,
-                rules.describe(_names(interface)),
-            )
 
     async def model_config(self) -> dict[str, Any]:
         """Triton's model config. With parallel workers it may run in the main process, where load()
         never ran: the signature is read from disk then (no torch needed)."""
-        settings = getattr(self, "torchflow", None) or load_settings(self._extra())
+        settings = getattr(self, "torchflow", None) or load_settings(extra_of(self.settings))
         interface = getattr(self, "_interface", None)
         if interface is None:
-            interface = interface_from_mlmodel(
-                locate((await lifecycle.model_folder(self.settings, settings))[0]).mlmodel
-            )
+            interface = await signature_on_disk(self.settings, settings)
         batch = settings.batch_config()
         return triton_config(
             self.name,
@@ -196,9 +125,6 @@ class TorchFlowRuntime(MLModel):
 
     async def model_stats(self) -> dict[str, Any]:
         return self.stats.triton(self.name, self.version)
-
-    def _extra(self) -> dict[str, Any] | None:
-        return self.settings.parameters.extra if self.settings.parameters else None
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
         def respond(outputs: Named) -> InferenceResponse:
@@ -300,17 +226,3 @@ class TorchFlowRuntime(MLModel):
         heap.release(server_settings().gc_freeze)
         logger.info("unloaded model %s in %.2fs", self.name, time.monotonic() - started)
         return True
-
-
-def _names(interface: Interface) -> list[str]:
-    """The inputs' names in forward order (`input-N` where the model has no signature)."""
-    count = len(interface.rules.inputs) if interface.rules else 0
-    return interface.input_names() or [f"input-{i}" for i in range(count)]
-
-
-def _interface(files: ModelFiles) -> Interface:
-    """The signature's interface; a broken signature names the MLmodel it is in."""
-    try:
-        return interface_from_mlmodel(files.mlmodel)
-    except ModelLoadError as err:
-        raise ModelLoadError(f"{files.model_dir / MLMODEL}: {err}") from err

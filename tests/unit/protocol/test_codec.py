@@ -7,7 +7,8 @@ import pytest
 from mlserver.types import InferenceRequest, RequestInput, TensorData
 
 from mlserver_torchflow.errors import InvalidInput
-from mlserver_torchflow.protocol.codec import cast_allowed, decode_request, response_outputs, select_outputs
+from mlserver_torchflow.protocol.codec import cast_allowed, decode_request
+from mlserver_torchflow.protocol.outputs import response_outputs, select_outputs
 from mlserver_torchflow.protocol.signature import Interface, TensorSpec, interface_from_mlmodel
 
 SINGLE = Interface(

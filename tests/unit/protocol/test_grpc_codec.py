@@ -9,8 +9,8 @@ from mlserver.grpc.converters import ModelInferResponseConverter
 from mlserver.types import InferenceResponse
 
 from mlserver_torchflow.errors import InvalidInput
-from mlserver_torchflow.protocol.codec import response_outputs
 from mlserver_torchflow.protocol.grpc_codec import read_request, write_response
+from mlserver_torchflow.protocol.outputs import response_outputs
 from mlserver_torchflow.protocol.signature import V2_TO_NUMPY
 
 InputTensor = pb.ModelInferRequest.InferInputTensor

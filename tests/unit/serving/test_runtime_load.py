@@ -222,3 +222,30 @@ def test_a_bad_server_setting_fails_the_model_with_the_variable_named(
     finally:
         monkeypatch.delenv(f"MLSERVER_TORCHFLOW_{variable}")
         server_settings.cache_clear()
+
+
+def test_copies_loaded_before_a_failure_are_closed(
+    mlp: dict[str, Saved], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure after the copies loaded (completing the interface, the facts) closes them rather
+    than leaving their threads and device memory to a runtime that never served."""
+    from mlserver_torchflow.engine.replicas import ReplicaSet
+    from mlserver_torchflow.serving import loading
+
+    sets: list[ReplicaSet] = []
+    real_close = ReplicaSet.close
+
+    async def close(self: ReplicaSet) -> None:
+        sets.append(self)
+        await real_close(self)
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("completing the interface failed")
+
+    monkeypatch.setattr(ReplicaSet, "close", close)
+    monkeypatch.setattr(loading, "_complete", broken)
+    model = runtime(mlp["pickle"].path)
+    with pytest.raises(RuntimeError, match="completing the interface failed"):
+        asyncio.run(model.load())
+    assert len(sets) == 1 and sets[0].replicas == []
+    assert "_batcher" not in model.__dict__
