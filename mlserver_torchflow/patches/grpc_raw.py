@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import struct
 from collections import Counter
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 from google.protobuf.unknown_fields import UnknownFieldSet
 from mlserver import types
@@ -25,6 +26,8 @@ from mlserver.grpc.converters import (
 
 from ..errors import InvalidInput
 from .targets import Patch, Target
+
+T = TypeVar("T")
 
 _models: Counter[str] = Counter()
 _original = ModelInferRequestConverter.to_types
@@ -77,21 +80,21 @@ def _convert(pb_object: pb.ModelInferRequest) -> types.InferenceRequest:
     )
     if pb_object.outputs:
         request.outputs = [InferRequestedOutputTensorConverter.to_types(o) for o in pb_object.outputs]
-    raw = list(pb_object.raw_input_contents)
     empty = [inp for inp in request.inputs if not inp.data]
-    check_raw(len(raw), len(empty))
-    for inp, buffer in zip(empty, raw, strict=False):
+    for inp, buffer in pair_raw(empty, pb_object.raw_input_contents):
         inp.data = types.TensorData.model_construct(root=buffer)
     return request
 
 
-def check_raw(buffers: int, empty: int) -> None:
-    """One raw buffer for each input sent without contents, as Triton pairs them."""
-    if buffers != empty:
+def pair_raw(empty: list[T], raw: Sequence[bytes]) -> list[tuple[T, bytes]]:
+    """Each input sent without contents with its raw buffer, in order, as Triton pairs them: one
+    buffer for each such input, or an `InvalidInput`."""
+    if len(raw) != len(empty):
         raise InvalidInput(
-            f"the request has {buffers} raw_input_contents for {empty} inputs without "
+            f"the request has {len(raw)} raw_input_contents for {len(empty)} inputs without "
             "contents; send one raw buffer per input, in input order."
         )
+    return list(zip(empty, raw, strict=True))
 
 
 def _input(pb_input: pb.ModelInferRequest.InferInputTensor) -> types.RequestInput:

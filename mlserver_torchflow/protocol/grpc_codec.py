@@ -16,7 +16,7 @@ from typing import Any
 from mlserver.grpc import dataplane_pb2 as pb
 
 from ..common import Named
-from ..patches.grpc_raw import check_raw, parameters
+from ..patches.grpc_raw import pair_raw, parameters
 from .signature import NUMPY_TO_V2
 
 # MLServer's typed `contents` field per datatype (mlserver.grpc.converters._FIELDS, for ours).
@@ -64,8 +64,7 @@ def read_request(message: pb.ModelInferRequest) -> Request:
             empty.append(item)
     raw = message.raw_input_contents
     if raw or empty:
-        check_raw(len(raw), len(empty))
-        for item, buffer in zip(empty, raw, strict=True):
+        for item, buffer in pair_raw(empty, raw):
             item.data = buffer
     return Request(message.id, inputs, list(message.outputs), parameters(message.parameters))
 
