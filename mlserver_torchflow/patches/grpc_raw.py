@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
 
 from google.protobuf.unknown_fields import UnknownFieldSet
@@ -86,7 +86,7 @@ def _convert(pb_object: pb.ModelInferRequest) -> types.InferenceRequest:
     return request
 
 
-def pair_raw(empty: list[T], raw: Sequence[bytes]) -> list[tuple[T, bytes]]:
+def pair_raw(empty: list[T], raw: Sequence[bytes]) -> Iterator[tuple[T, bytes]]:
     """Each input sent without contents with its raw buffer, in order, as Triton pairs them: one
     buffer for each such input, or an `InvalidInput`."""
     if len(raw) != len(empty):
@@ -94,7 +94,7 @@ def pair_raw(empty: list[T], raw: Sequence[bytes]) -> list[tuple[T, bytes]]:
             f"the request has {len(raw)} raw_input_contents for {len(empty)} inputs without "
             "contents; send one raw buffer per input, in input order."
         )
-    return list(zip(empty, raw, strict=True))
+    return zip(empty, raw, strict=True)
 
 
 def _input(pb_input: pb.ModelInferRequest.InferInputTensor) -> types.RequestInput:

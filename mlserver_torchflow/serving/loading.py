@@ -16,7 +16,7 @@ from typing import Any
 from mlserver.settings import ModelSettings
 
 from ..common import logger
-from ..config import RequestLimits, TorchFlowSettings, load_settings
+from ..config import TorchFlowSettings, load_settings
 from ..engine.compiling import describe as describe_compile
 from ..engine.examples import load_example
 from ..engine.layout import MLMODEL, ModelFiles, locate
@@ -37,7 +37,6 @@ class Loaded:
     facts for metadata."""
 
     torchflow: TorchFlowSettings
-    limits: RequestLimits
     batcher: ReplicaSet
     interface: Interface
     facts: dict[str, str]
@@ -68,19 +67,24 @@ async def load_model(model: ModelSettings, observer: ObserverFactory, refetch: b
         logger.warning("model %s: the cached copy is damaged (%s); downloading it again", name, err)
         fetched.evict()
         return await load_model(model, observer, refetch=False)
+    first = batcher.replicas[0]
     try:  # the copies are closed, not leaked, if what follows fails
-        interface, facts = _complete(name, torchflow, batcher, interface, example is not None)
+        interface = _complete(name, torchflow, batcher, interface, example is not None)
+        facts = {
+            "format": first.format.value,
+            "device": batcher.describe(),
+            "dtype": torchflow.dtype,
+            "precision": torchflow.precision,
+            "compile": describe_compile(first.backend, first.warmed_sizes) if first.backend else "off",
+            "weights": str(files.weights),
+            **(fetched.facts() if fetched else {}),
+            "warmed_up": str(example is not None).lower(),
+            **({"shapes": first.rules.describe(_names(interface))} if first.rules else {}),
+            **{f"version.{c.package}": c.state() for c in versions},
+        }
     except BaseException:
         await batcher.close()
         raise
-    facts.update(
-        {
-            "weights": str(files.weights),
-            **(fetched.facts() if fetched else {}),
-            **{f"version.{c.package}": c.state() for c in versions},
-        }
-    )
-    first = batcher.replicas[0]
     logger.info(
         "loaded model %s (%s, %s) from %s on %s in %.2fs",
         name,
@@ -90,14 +94,14 @@ async def load_model(model: ModelSettings, observer: ObserverFactory, refetch: b
         batcher.describe(),
         time.monotonic() - started,
     )
-    return Loaded(torchflow, torchflow.request_limits(), batcher, interface, facts)
+    return Loaded(torchflow, batcher, interface, facts)
 
 
 def _complete(
     name: str, torchflow: TorchFlowSettings, batcher: ReplicaSet, interface: Interface, warmed_up: bool
-) -> tuple[Interface, dict[str, str]]:
+) -> Interface:
     """The interface completed from what the first copy showed at warm-up (outputs of an unsigned
-    model, a pt2 program's shape guards), handed to every copy, and the facts about the load."""
+    model, a pt2 program's shape guards), handed to every copy."""
     first = batcher.replicas[0]
     advise(
         name, [r.device for r in batcher.replicas], torchflow.warmup, warmed_up or bool(first.warmed_sizes)
@@ -109,16 +113,7 @@ def _complete(
         _warn_if_one_row(name, first.rules, interface)
     for replica in batcher.replicas:
         replica.predictor.interface = interface
-    facts = {
-        "format": first.format.value,
-        "device": batcher.describe(),
-        "dtype": torchflow.dtype,
-        "precision": torchflow.precision,
-        "compile": describe_compile(first.backend, first.warmed_sizes) if first.backend else "off",
-        "warmed_up": str(warmed_up).lower(),
-        **({"shapes": first.rules.describe(_names(interface))} if first.rules else {}),
-    }
-    return interface, facts
+    return interface
 
 
 async def signature_on_disk(model: ModelSettings, settings: TorchFlowSettings) -> Interface:

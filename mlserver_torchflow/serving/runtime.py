@@ -3,8 +3,9 @@
 MLServer calls each hook with a contract of its own:
 - `__init__(settings)`: once per model, in every process that serves it. Installs the patches (once
   per process), reads the server settings (once per process) and registers the REST extras.
-- `load()`: find, load, place and warm up the model (`loading.load_model`). Returns True or raises: with parallel workers a
-  False would still report ready. A failure at startup makes the process exit 3 (patches.startup).
+- `load()`: find, load, place and warm up the model (`loading.load_model`). Returns True or raises:
+  with parallel workers a False would still report ready. A failure at startup makes the process exit
+  3 (patches.startup).
 - `predict(request)`: decode and check, batch, run, encode. Every client error is a `TorchFlowError`
   with its status; anything the model raises becomes a 500 with one line, the traceback in the log.
   Its work is `answer(request, encode, headers)`, which the gRPC lane (`grpc_lane`) calls with its own
@@ -99,8 +100,8 @@ class TorchFlowRuntime(MLModel):
         loaded = await load_model(
             self.settings, lambda label: BatchMetrics(self.name, label, self.stats.executed)
         )
-        self.torchflow, self._limits, self._interface = loaded.torchflow, loaded.limits, loaded.interface
-        self._batcher, self._facts = loaded.batcher, loaded.facts
+        self.torchflow, self._limits = loaded.torchflow, loaded.torchflow.request_limits()
+        self._interface, self._batcher, self._facts = loaded.interface, loaded.batcher, loaded.facts
         shutdown.register(self)  # a SIGTERM answers what it queued (patches/shutdown.py)
         heap.settle(server_settings().gc_freeze)
         return True
